@@ -1,0 +1,174 @@
+"""Configuration, read only from ``VIEWER_*`` environment variables.
+
+Every setting is declared once in ``SETTINGS`` so that the README table, the
+validation and the defaults cannot drift apart. A bad value raises
+``ConfigError`` with one line naming the variable and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+    parse: Callable[[str], Any]
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be zero or a positive whole number")
+    return number
+
+
+def _bind(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must look like HOST:PORT, for example 127.0.0.1:8000")
+    return value
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be true or false")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("VIEWER_DATA_DIR", "./data", "Folder for stored DICOM files, the SQLite index "
+            "and the generated secret key.", _text),
+    Setting("VIEWER_DATABASE_URL", "", "SQLAlchemy URL of the index; empty means SQLite "
+            "at `$VIEWER_DATA_DIR/index.sqlite3`. PostgreSQL: "
+            "`postgresql+psycopg://user:pass@host/db`.", _text),
+    Setting("VIEWER_SECRET_KEY", "", "Key that signs sessions and links. Empty: generated "
+            "once and kept in `$VIEWER_DATA_DIR/secret_key`. At least 16 characters.", _text),
+    Setting("VIEWER_CACHE_MB", "256", "Size of the in-process cache of decoded frames, per "
+            "worker, in MiB.", _non_negative_int),
+    Setting("VIEWER_BIND", "127.0.0.1:8000", "Address gunicorn listens on (HOST:PORT).", _bind),
+    Setting("VIEWER_WORKERS", "2", "Number of gunicorn worker processes.", _positive_int),
+    Setting("VIEWER_MAX_FILE_MB", "512", "Largest DICOM file accepted by import, in MiB.",
+            _positive_int),
+    Setting("VIEWER_MAX_FRAME_PIXELS", "16777216", "Most pixels (rows x columns) in one "
+            "frame accepted by import.", _positive_int),
+    Setting("VIEWER_MAX_FRAMES", "4096", "Most frames in one instance accepted by import.",
+            _positive_int),
+    Setting("VIEWER_LOG_LEVEL", "info", "gunicorn and application log level.", _text),
+    Setting("VIEWER_DEMO_DATA", "", "Extra folder of DICOM files that `make run` imports "
+            "beside the generated demo study.", _text),
+    Setting("VIEWER_SECURE_COOKIES", "auto", "`auto` marks cookies Secure unless the "
+            "service is bound to loopback; `true` or `false` forces it.", _text),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings; built by ``load_config`` from the environment."""
+
+    data_dir: Path
+    database_url: str
+    secret_key: str
+    cache_mb: int
+    bind: str
+    workers: int
+    max_file_mb: int
+    max_frame_pixels: int
+    max_frames: int
+    log_level: str
+    demo_data: str
+    secure_cookies: str
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+
+def _parse_all(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = env.get(setting.name, setting.default)
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            reason = str(exc) if "must" in str(exc) else "must be a whole number"
+            raise ConfigError(f"{setting.name}={raw!r}: {reason}") from None
+    if values["VIEWER_SECURE_COOKIES"] not in {"auto", "true", "false"}:
+        raise ConfigError(
+            f"VIEWER_SECURE_COOKIES={values['VIEWER_SECURE_COOKIES']!r}: "
+            "must be auto, true or false"
+        )
+    return values
+
+
+def _secret_key(given: str, data_dir: Path) -> str:
+    """Use the configured key, else one generated once and kept beside the data."""
+    if given:
+        if len(given) < 16:
+            raise ConfigError("VIEWER_SECRET_KEY: must be at least 16 characters long")
+        return given
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(48)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    os.replace(tmp, path)
+    return path.read_text().strip()
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Read and check every ``VIEWER_*`` variable; create the data folder."""
+    env = os.environ if env is None else env
+    values = _parse_all(env)
+    data_dir = Path(values["VIEWER_DATA_DIR"]).expanduser().resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "objects").mkdir(exist_ok=True)
+        (data_dir / "tmp").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"VIEWER_DATA_DIR={str(data_dir)!r}: cannot create it ({exc.strerror})")
+    if not os.access(data_dir, os.W_OK):
+        raise ConfigError(f"VIEWER_DATA_DIR={str(data_dir)!r}: not writable")
+    database_url = values["VIEWER_DATABASE_URL"] or f"sqlite:///{data_dir / 'index.sqlite3'}"
+    return Config(
+        data_dir=data_dir,
+        database_url=database_url,
+        secret_key=_secret_key(values["VIEWER_SECRET_KEY"], data_dir),
+        cache_mb=values["VIEWER_CACHE_MB"],
+        bind=values["VIEWER_BIND"],
+        workers=values["VIEWER_WORKERS"],
+        max_file_mb=values["VIEWER_MAX_FILE_MB"],
+        max_frame_pixels=values["VIEWER_MAX_FRAME_PIXELS"],
+        max_frames=values["VIEWER_MAX_FRAMES"],
+        log_level=values["VIEWER_LOG_LEVEL"],
+        demo_data=values["VIEWER_DEMO_DATA"],
+        secure_cookies=values["VIEWER_SECURE_COOKIES"],
+    )

@@ -1,0 +1,387 @@
+"""Import DICOM files into the store and the index.
+
+Every input (file, folder, zip, tar, gzip) becomes a stream of named byte
+sources; each source is staged, checked, stored and indexed on its own, so one
+bad file never stops a batch and a crash leaves no half-stored instance: the
+index row is committed only after the file is in its final place.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import tarfile
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from viewer.db import Frame, Instance, Patient, Series, Study
+from viewer.headers import frame_header, number_of_frames, text
+from viewer.storage import ObjectStore, TooLarge, read_chunks
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+log = logging.getLogger(__name__)
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What import accepts; defaults protect a small server."""
+
+    max_file_bytes: int = 512 << 20
+    max_frame_pixels: int = 4096 * 4096
+    max_frames: int = 4096
+
+
+@dataclass(frozen=True)
+class Outcome:
+    source: str
+    status: str  # "imported", "present" or "refused"
+    reason: str = ""
+    sop_uid: str = ""
+    study_uid: str = ""
+
+
+@dataclass
+class Summary:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(outcome.status for outcome in self.outcomes)
+
+    def refused(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "refused"]
+
+
+class Refused(ValueError):
+    """A source is not accepted; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named stream of bytes: a file, or a member of an archive."""
+
+    name: str
+    open: Callable[[], Iterable[bytes]]
+    declared_size: int | None = None
+
+
+def _gzip_chunks(path: Path) -> Iterator[bytes]:
+    with gzip.open(path, "rb") as handle:
+        yield from read_chunks(handle)
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        yield from read_chunks(handle)
+
+
+def _zip_sources(path: Path) -> Iterator[Source]:
+    try:
+        archive = zipfile.ZipFile(path)
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        yield Source(str(path), _refuse(f"not a readable zip archive ({exc})"))
+        return
+
+    def opener(member: zipfile.ZipInfo) -> Callable[[], Iterator[bytes]]:
+        def chunks() -> Iterator[bytes]:
+            with archive.open(member) as handle:
+                yield from read_chunks(handle)
+
+        return chunks
+
+    for member in members:
+        yield Source(f"{path}:{member.filename}", opener(member), member.file_size)
+
+
+def _tar_sources(path: Path) -> Iterator[Source]:
+    try:
+        archive = tarfile.open(path)
+        members = [m for m in archive.getmembers() if m.isfile()]
+    except (tarfile.TarError, OSError) as exc:
+        yield Source(str(path), _refuse(f"not a readable tar archive ({exc})"))
+        return
+
+    def opener(member: tarfile.TarInfo) -> Callable[[], Iterator[bytes]]:
+        def chunks() -> Iterator[bytes]:
+            handle = archive.extractfile(member)
+            if handle is None:
+                raise Refused("not a regular file in the archive")
+            yield from read_chunks(handle)
+
+        return chunks
+
+    for member in members:
+        yield Source(f"{path}:{member.name}", opener(member), member.size)
+
+
+def _refuse(reason: str) -> Callable[[], Iterable[bytes]]:
+    def fail() -> Iterable[bytes]:
+        raise Refused(reason)
+
+    return fail
+
+
+def _path_sources(path: Path) -> Iterator[Source]:
+    name = path.name.lower()
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        yield from _tar_sources(path)
+    elif name.endswith(".zip") or (name.endswith(".gz") is False and zipfile.is_zipfile(path)):
+        yield from _zip_sources(path)
+    elif name.endswith(".gz"):
+        yield Source(str(path), lambda: _gzip_chunks(path))
+    else:
+        yield Source(str(path), lambda: _file_chunks(path), path.stat().st_size)
+
+
+def collect_sources(paths: Iterable[Path]) -> list[Source]:
+    """Expand folders (recursively) and archives into a list of sources."""
+    sources: list[Source] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                sources.extend(_path_sources(child))
+        elif path.is_file():
+            sources.extend(_path_sources(path))
+        else:
+            sources.append(Source(str(path), _refuse("no such file or folder")))
+    return sources
+
+
+def _read_header(path: Path) -> Dataset:
+    """Parse everything but bulk data: pixel data stays on disk (deferred)."""
+    try:
+        return pydicom.dcmread(path, defer_size=4096)
+    except InvalidDicomError:
+        pass
+    except Exception as exc:
+        raise Refused(f"not a readable DICOM file ({_short(exc)})") from None
+    try:
+        ds = pydicom.dcmread(path, defer_size=4096, force=True)
+    except Exception as exc:
+        raise Refused(f"not a readable DICOM file ({_short(exc)})") from None
+    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+        raise Refused("not a DICOM file (no DICM preamble and no SOP identifiers)")
+    return ds
+
+
+def _short(exc: Exception) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return message[:200]
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = text(ds, keyword, limit=200)
+    if not value:
+        raise Refused(f"missing {keyword}")
+    if len(value) > 64 or not UID_PATTERN.match(value):
+        raise Refused(f"{keyword} is not a valid UID")
+    return value
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def check(ds: Dataset, limits: Limits) -> None:
+    """Refuse what the viewer cannot or must not hold."""
+    meta_class = str(getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID", ""))
+    if meta_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        raise Refused("a DICOMDIR (an index of other files); import the folder instead")
+    if "PixelData" not in ds:
+        raise Refused(
+            f"not an image (SOP class {text(ds, 'SOPClassUID')}); "
+            "only objects with pixel data can be viewed"
+        )
+    rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    if rows <= 0 or columns <= 0:
+        raise Refused("image has no Rows/Columns")
+    if rows * columns > limits.max_frame_pixels:
+        raise Refused(
+            f"frame of {columns}x{rows} pixels is over the limit of "
+            f"{limits.max_frame_pixels} pixels (VIEWER_MAX_FRAME_PIXELS)"
+        )
+    frames = number_of_frames(ds)
+    if frames > limits.max_frames:
+        raise Refused(
+            f"{frames} frames is over the limit of {limits.max_frames} (VIEWER_MAX_FRAMES)"
+        )
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
+    element = ds.get_item("PixelData", keep_deferred=True)
+    length = getattr(element, "length", None)
+    if length is None and element is not None and isinstance(element.value, bytes):
+        length = len(element.value)
+    if syntax in UNCOMPRESSED and length is not None and length != 0xFFFFFFFF:
+        bits = _int(ds, "BitsAllocated") or 16
+        samples = _int(ds, "SamplesPerPixel") or 1
+        expected = (rows * columns * samples * frames * bits + 7) // 8
+        if length < expected:
+            raise Refused(f"pixel data is truncated ({length} bytes, {expected} expected)")
+
+
+def _get_or_create(session: Session, model: type, where: dict, values: dict):  # type: ignore[no-untyped-def]
+    row = session.scalars(select(model).filter_by(**where)).first()
+    if row is None:
+        row = model(**where, **values)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def index_instance(session: Session, ds: Dataset, digest: str, size: int) -> Instance:
+    """Add the patient/study/series (if new) and the instance with its frames."""
+    patient = _get_or_create(
+        session,
+        Patient,
+        {"patient_id": text(ds, "PatientID"), "issuer": text(ds, "IssuerOfPatientID")},
+        {
+            "name": text(ds, "PatientName", 324),
+            "birth_date": text(ds, "PatientBirthDate", 8),
+            "sex": text(ds, "PatientSex", 16),
+        },
+    )
+    study = _get_or_create(
+        session,
+        Study,
+        {"study_uid": _uid(ds, "StudyInstanceUID")},
+        {
+            "patient_pk": patient.id,
+            "study_date": text(ds, "StudyDate", 8),
+            "study_time": text(ds, "StudyTime", 16),
+            "description": text(ds, "StudyDescription"),
+            "accession_number": text(ds, "AccessionNumber", 16),
+            "study_id": text(ds, "StudyID", 16),
+            "referring_physician": text(ds, "ReferringPhysicianName", 324),
+            "body_part": text(ds, "BodyPartExamined"),
+        },
+    )
+    series = _get_or_create(
+        session,
+        Series,
+        {"series_uid": _uid(ds, "SeriesInstanceUID")},
+        {
+            "study_pk": study.id,
+            "modality": text(ds, "Modality", 16),
+            "number": _int(ds, "SeriesNumber"),
+            "description": text(ds, "SeriesDescription"),
+            "body_part": text(ds, "BodyPartExamined"),
+        },
+    )
+    frames = number_of_frames(ds)
+    instance = Instance(
+        sop_uid=_uid(ds, "SOPInstanceUID"),
+        series_pk=series.id,
+        sop_class_uid=text(ds, "SOPClassUID"),
+        instance_number=_int(ds, "InstanceNumber"),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else "",
+        rows=_int(ds, "Rows") or 0,
+        columns=_int(ds, "Columns") or 0,
+        number_of_frames=frames,
+        photometric=text(ds, "PhotometricInterpretation", 16),
+        bits_allocated=_int(ds, "BitsAllocated") or 0,
+        file_hash=digest,
+        file_size=size,
+    )
+    for index in range(frames):
+        header = frame_header(ds, index)
+        instance.frames.append(
+            Frame(
+                number=index + 1,
+                position=header.position,
+                orientation=header.orientation,
+                pixel_spacing=header.pixel_spacing,
+                window_center=header.window_center,
+                window_width=header.window_width,
+            )
+        )
+    session.add(instance)
+    return instance
+
+
+class Importer:
+    """Stores and indexes sources one by one; see the module docstring."""
+
+    def __init__(self, store: ObjectStore, sessions: sessionmaker, limits: Limits) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.limits = limits
+
+    def import_source(self, source: Source) -> Outcome:
+        try:
+            if source.declared_size is not None and source.declared_size > self.limits.max_file_bytes:
+                raise TooLarge(f"larger than the {self.limits.max_file_bytes >> 20} MiB limit")
+            staged, digest, size = self.store.stage(source.open(), self.limits.max_file_bytes)
+        except (Refused, TooLarge) as exc:
+            return Outcome(source.name, "refused", str(exc))
+        except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, RuntimeError) as exc:
+            return Outcome(source.name, "refused", f"cannot read it ({_short(exc)})")
+        try:
+            return self._store_staged(source.name, staged, digest, size)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def _store_staged(self, name: str, staged: Path, digest: str, size: int) -> Outcome:
+        try:
+            ds = _read_header(staged)
+            sop_uid = _uid(ds, "SOPInstanceUID")
+            _uid(ds, "StudyInstanceUID")
+            _uid(ds, "SeriesInstanceUID")
+            check(ds, self.limits)
+        except Refused as exc:
+            return Outcome(name, "refused", str(exc))
+        with self.sessions() as session:
+            existing = session.scalars(select(Instance).filter_by(sop_uid=sop_uid)).first()
+            if existing is not None:
+                note = "" if existing.file_hash == digest else "same SOP Instance UID, other bytes"
+                return Outcome(name, "present", note, sop_uid, text(ds, "StudyInstanceUID"))
+        study_uid = text(ds, "StudyInstanceUID")
+        already_stored = self.store.path(digest).exists()
+        self.store.commit(staged, digest)
+        for _attempt in range(2):
+            try:
+                with self.sessions() as session:
+                    index_instance(session, ds, digest, size)
+                    session.commit()
+                return Outcome(name, "imported", "", sop_uid, study_uid)
+            except IntegrityError:
+                # Another import added the same instance, or its new study, first.
+                with self.sessions() as session:
+                    if session.scalars(select(Instance).filter_by(sop_uid=sop_uid)).first():
+                        return Outcome(name, "present", "", sop_uid, study_uid)
+            except Exception as exc:
+                log.exception("indexing %s failed", name)
+                reason = f"could not be indexed ({_short(exc)})"
+                break
+        else:
+            reason = "could not be indexed (conflicting concurrent imports)"
+        if not already_stored:
+            self.store.discard(digest)
+        return Outcome(name, "refused", reason)
+
+    def import_paths(
+        self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None
+    ) -> Summary:
+        sources = collect_sources(paths)
+        summary = Summary()
+        for done, source in enumerate(sources, start=1):
+            summary.outcomes.append(self.import_source(source))
+            if progress:
+                progress(done, len(sources))
+        return summary

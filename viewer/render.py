@@ -1,0 +1,315 @@
+"""The pixel pipeline: decode -> modality LUT -> VOI (window or LUT) -> region/size -> encode.
+
+Pure functions on numpy arrays, so they are tested against the PS3.3 formulas
+and benchmarked without Flask. Speed comes from three choices measured in
+``benchmarks/render.py``: frames are cached as float32 modality values, the
+linear window is one multiply-add in place, and PNG is written by ``viewer.png``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from io import BytesIO
+
+import numpy as np
+import simplejpeg
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels import pixel_array as decode_pixels
+
+from viewer.headers import frame_header, number_of_frames
+from viewer.png import encode_png
+
+WINDOW_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
+MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif")
+MAX_VIEWPORT = 4096
+
+
+class RenderError(ValueError):
+    """The frame cannot be decoded or rendered; the message says why."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A VOI window in modality units (PS3.3 C.11.2.1.2)."""
+
+    center: float
+    width: float
+    function: str = "linear"
+
+    def as_dict(self) -> dict[str, float]:
+        return {"center": round(self.center, 3), "width": round(self.width, 3)}
+
+
+@dataclass(frozen=True)
+class VoiLut:
+    """A VOI LUT Sequence item: a table indexed by modality value."""
+
+    first: int
+    table: np.ndarray
+    bits: int
+
+
+@dataclass(frozen=True)
+class Viewport:
+    """Output size, and optionally a source region (sx, sy, sw, sh) in image pixels."""
+
+    width: int
+    height: int
+    region: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class DecodedFrame:
+    """One frame ready for display: grey values after the modality LUT, or RGB."""
+
+    pixels: np.ndarray
+    color: bool
+    invert: bool = False
+    header_window: Window | None = None
+    voi_lut: VoiLut | None = None
+    _stats: tuple[float, float, float, float] | None = field(default=None, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes)
+
+    def stats(self) -> tuple[float, float, float, float]:
+        """(min, max, 0.5th percentile, 99.5th percentile), computed once."""
+        if self._stats is None:
+            values = self.pixels[::2, ::2] if min(self.pixels.shape[:2]) >= 128 else self.pixels
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                self._stats = (0.0, 0.0, 0.0, 0.0)
+            else:
+                low, high = np.percentile(finite, (0.5, 99.5))
+                self._stats = (float(finite.min()), float(finite.max()), float(low), float(high))
+        return self._stats
+
+
+def _voi_lut(ds: Dataset) -> VoiLut | None:
+    sequence = ds.get("VOILUTSequence")
+    if not sequence:
+        return None
+    item = sequence[0]
+    descriptor = item.get("LUTDescriptor")
+    data = item.get("LUTData")
+    if descriptor is None or data is None or len(descriptor) != 3:
+        return None
+    entries, first, bits = (int(v) for v in descriptor)
+    table = np.asarray(data, dtype=np.float32).ravel()
+    if entries == 0:
+        entries = 65536
+    if table.size < 1 or bits < 1 or bits > 16:
+        return None
+    return VoiLut(first=first, table=table[:entries], bits=bits)
+
+
+def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
+    """Decode frame ``index`` (0-based) and apply the modality LUT.
+
+    Grey frames become float32 modality values; colour frames (RGB, YBR_*,
+    PALETTE COLOR) become 8-bit RGB, since colour images are not windowed.
+    """
+    frames = number_of_frames(ds)
+    if not 0 <= index < frames:
+        raise RenderError(f"frame {index + 1} does not exist (the instance has {frames})")
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise RenderError("the instance has no pixel data")
+    try:
+        array = decode_pixels(ds, index=index if frames > 1 else None)
+    except Exception as exc:  # decoders raise many types for corrupt data
+        raise RenderError(f"cannot decode the pixel data: {exc}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        try:
+            array = apply_color_lut(array, ds)
+        except Exception as exc:
+            raise RenderError(f"cannot apply the palette colour lookup table: {exc}") from exc
+        return DecodedFrame(pixels=_to_rgb8(array, 8 * array.dtype.itemsize), color=True)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        bits = int(ds.get("BitsStored") or 8)
+        return DecodedFrame(pixels=_to_rgb8(array[:, :, :3], bits), color=True)
+    if array.ndim != 2:
+        raise RenderError(f"unsupported pixel layout {array.shape}")
+    header = frame_header(ds, index)
+    if "ModalityLUTSequence" in ds:
+        values = np.asarray(apply_modality_lut(array, ds), dtype=np.float32)
+    else:
+        values = array.astype(np.float32)
+        if header.slope != 1.0:
+            values *= np.float32(header.slope)
+        if header.intercept != 0.0:
+            values += np.float32(header.intercept)
+    window = None
+    if header.window_center is not None and header.window_width is not None:
+        window = Window(
+            header.window_center,
+            header.window_width,
+            header.voi_function.lower().replace("_", "-"),
+        )
+    return DecodedFrame(
+        pixels=values,
+        color=False,
+        invert=photometric == "MONOCHROME1",
+        header_window=window,
+        voi_lut=None if window else _voi_lut(ds),
+    )
+
+
+def _to_rgb8(array: np.ndarray, bits: int) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    shift = max(bits - 8, 0)
+    return np.ascontiguousarray((array >> shift).clip(0, 255).astype(np.uint8))
+
+
+def auto_window(frame: DecodedFrame) -> Window:
+    """A window from the frame's own histogram: robust percentiles, never empty."""
+    low_all, high_all, low, high = frame.stats()
+    if high <= low:
+        low, high = low_all, high_all
+    if high <= low:
+        return Window(low + 0.5, 2.0)
+    return Window((low + high) / 2, high - low)
+
+
+def full_window(frame: DecodedFrame) -> Window:
+    """The window that spans every value in the frame."""
+    low, high, _, _ = frame.stats()
+    if high <= low:
+        return Window(low + 0.5, 2.0)
+    return Window((low + high) / 2, high - low + 1)
+
+
+def default_window(frame: DecodedFrame) -> Window:
+    """The header's window if any, else one from the image itself."""
+    return frame.header_window or auto_window(frame)
+
+
+def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
+    """Map modality values to 0..255 by PS3.3 C.11.2.1.2 / C.11.2.1.3.1, rounded."""
+    center, width = float(window.center), float(window.width)
+    if window.function == "sigmoid":
+        scaled = np.exp(-4.0 * (values - center) / width)
+        out = np.divide(255.0, 1.0 + scaled, dtype=np.float32)
+        out += 0.5
+        return out.clip(0, 255).astype(np.uint8)
+    if window.function == "linear-exact":
+        scale = 255.0 / width
+        offset = (0.5 - center / width) * 255.0
+    elif width <= 1.0:
+        return np.where(values > center - 0.5, np.uint8(255), np.uint8(0))
+    else:
+        scale = 255.0 / (width - 1.0)
+        offset = (0.5 - (center - 0.5) / (width - 1.0)) * 255.0
+    out = np.multiply(values, np.float32(scale), dtype=np.float32)
+    out += np.float32(offset + 0.5)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+def apply_voi_lut(values: np.ndarray, lut: VoiLut) -> np.ndarray:
+    """Map modality values through a VOI LUT table to 0..255."""
+    index = np.clip(values - lut.first, 0, lut.table.size - 1).astype(np.intp)
+    top = float(2**lut.bits - 1)
+    scaled = lut.table[index] * np.float32(255.0 / top)
+    scaled += 0.5
+    return scaled.clip(0, 255).astype(np.uint8)
+
+
+def to_display(frame: DecodedFrame, window: Window | None = None) -> np.ndarray:
+    """The 8-bit image a person sees: VOI then presentation (MONOCHROME1 inverted)."""
+    if frame.color:
+        return frame.pixels
+    if window is None and frame.voi_lut is not None:
+        image = apply_voi_lut(frame.pixels, frame.voi_lut)
+    else:
+        image = apply_window(frame.pixels, window or default_window(frame))
+    if frame.invert:
+        np.subtract(255, image, out=image)
+    return image
+
+
+def region_box(
+    shape: tuple[int, ...], region: tuple[float, float, float, float] | None
+) -> tuple[tuple[float, float, float, float], bool, bool]:
+    """The source box clamped to the image, and whether to flip it (negative sw/sh)."""
+    height, width = shape[0], shape[1]
+    if region is None:
+        return (0.0, 0.0, float(width), float(height)), False, False
+    sx, sy, sw, sh = region
+    flip_x, flip_y = sw < 0, sh < 0
+    x0, x1 = sorted((sx, sx + sw))
+    y0, y1 = sorted((sy, sy + sh))
+    x0, x1 = max(x0, 0.0), min(x1, float(width))
+    y0, y1 = max(y0, 0.0), min(y1, float(height))
+    if x1 - x0 <= 0 or y1 - y0 <= 0:
+        raise RenderError("the viewport's source region lies outside the image")
+    return (x0, y0, x1, y1), flip_x, flip_y
+
+
+def apply_viewport(image: np.ndarray, viewport: Viewport | None) -> np.ndarray:
+    """Crop to the source region, then scale to fit the viewport, keeping the aspect ratio."""
+    if viewport is None:
+        return image
+    box, flip_x, flip_y = region_box(image.shape, viewport.region)
+    box_w, box_h = box[2] - box[0], box[3] - box[1]
+    scale = min(viewport.width / box_w, viewport.height / box_h)
+    size = (max(1, round(box_w * scale)), max(1, round(box_h * scale)))
+    full = box == (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
+    if not (full and size == (image.shape[1], image.shape[0])):
+        resized = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, box=box)
+        image = np.asarray(resized)
+    if flip_x:
+        image = image[:, ::-1]
+    if flip_y:
+        image = image[::-1]
+    return np.ascontiguousarray(image)
+
+
+def burn_in(image: np.ndarray, lines_top: list[str], lines_bottom: list[str]) -> np.ndarray:
+    """Draw annotation text into the image (PS3.18 ``annotation``), last in the pipeline."""
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    size = max(10, min(picture.width, picture.height) // 24)
+    font = ImageFont.load_default(size=size)
+    white = 255 if picture.mode == "L" else (255, 255, 255)
+    y = 4
+    for line in lines_top:
+        draw.text((4, y), line, fill=white, font=font)
+        y += size + 2
+    y = picture.height - 4 - (size + 2) * len(lines_bottom)
+    for line in lines_bottom:
+        draw.text((4, y), line, fill=white, font=font)
+        y += size + 2
+    return np.asarray(picture)
+
+
+def encode(image: np.ndarray, media_type: str, quality: int | None = None) -> bytes:
+    """Encode an 8-bit grey or RGB image as PNG, JPEG or GIF."""
+    if media_type == "image/png":
+        return encode_png(image)
+    if media_type == "image/jpeg":
+        pixels = image[:, :, None] if image.ndim == 2 else image
+        colorspace = "GRAY" if image.ndim == 2 else "RGB"
+        return simplejpeg.encode_jpeg(
+            np.ascontiguousarray(pixels), quality=quality or 90, colorspace=colorspace
+        )
+    if media_type == "image/gif":
+        buffer = BytesIO()
+        Image.fromarray(image).save(buffer, format="GIF")
+        return buffer.getvalue()
+    raise RenderError(f"cannot encode {media_type}")
+
+
+def render(
+    frame: DecodedFrame,
+    window: Window | None = None,
+    viewport: Viewport | None = None,
+    media_type: str = "image/png",
+    quality: int | None = None,
+) -> bytes:
+    """The whole pipeline for one decoded frame."""
+    return encode(apply_viewport(to_display(frame, window), viewport), media_type, quality)

@@ -1,0 +1,103 @@
+"""Content-addressed storage of original DICOM files.
+
+A file's name is the SHA-256 of its bytes, never a value from the DICOM header,
+so a hostile header cannot choose a path. Files arrive through a temp file that
+is fsynced and renamed into place, so a crash never leaves half a file under a
+final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1 << 20
+
+
+class TooLarge(ValueError):
+    """The incoming file is over the configured size limit."""
+
+
+class ObjectStore:
+    """Stored files under ``root/ab/cd/<sha256>``; staging under ``tmp``."""
+
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.root = root
+        self.tmp = tmp
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("not a SHA-256 digest")
+        return self.root / digest[:2] / digest[2:4] / digest
+
+    def stage(self, chunks: Iterable[bytes], limit: int) -> tuple[Path, str, int]:
+        """Write ``chunks`` to a temp file, returning (path, sha256, size).
+
+        Stops with ``TooLarge`` as soon as ``limit`` bytes are passed, so a
+        huge or endless input never fills the disk.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLarge(f"larger than the {limit // (1 << 20)} MiB limit")
+                    digest.update(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path, digest.hexdigest(), size
+
+    def commit(self, staged: Path, digest: str) -> Path:
+        """Move a staged file to its final name (a no-op if the bytes are already there)."""
+        final = self.path(digest)
+        if final.exists():
+            staged.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final
+
+    def discard(self, digest: str) -> None:
+        """Remove a stored file whose index row could not be written."""
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            self.path(digest).unlink()
+
+    def clean_staging(self, older_than: float = 3600.0) -> int:
+        """Remove temp files a crashed import left behind; returns how many.
+
+        Only old ones: a young temp file may belong to an import still running.
+        """
+        removed = 0
+        cutoff = time.time() - older_than
+        for leftover in self.tmp.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+        return removed
+
+
+def read_chunks(handle: BinaryIO) -> Iterable[bytes]:
+    while chunk := handle.read(CHUNK):
+        yield chunk
