@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,9 @@ def _ray_distance(rho2: Array, r2: Array) -> Array:
 
 
 def _ellipsoid(center: tuple[float, float, float], semi: tuple[float, float, float],
-               yaw_deg: float = 0.0) -> _Shape:
+               yaw_deg: float = 0.0, arch: float = 0.0) -> _Shape:
+    """An ellipsoid, optionally turned about z (yaw) and arched upwards in its middle
+    by ``arch`` mm along its y axis (a banana, for the lateral ventricles)."""
     cx, cy, cz = center
     a, b, c = semi
     cos, sin = float(np.cos(np.radians(yaw_deg))), float(np.sin(np.radians(yaw_deg)))
@@ -126,13 +129,15 @@ def _ellipsoid(center: tuple[float, float, float], semi: tuple[float, float, flo
         dx, dy, dz = x - cx, y - cy, z - cz
         if yaw_deg:
             dx, dy = cos * dx + sin * dy, cos * dy - sin * dx
+        if arch:
+            dz = dz - arch * np.maximum(1 - (dy / b) ** 2, 0)
         rho2 = dx * dx + dy * dy + dz * dz
         return _ray_distance(rho2, (dx / a) ** 2 + (dy / b) ** 2 + (dz / c) ** 2)
 
     ex = ey = max(a, b) if yaw_deg else 0.0
     half = (ex or a, ey or b, c)
     lo = (cx - half[0] - 2, cy - half[1] - 2, cz - half[2] - 2)
-    hi = (cx + half[0] + 2, cy + half[1] + 2, cz + half[2] + 2)
+    hi = (cx + half[0] + 2, cy + half[1] + 2, cz + half[2] + arch + 2)
     return _Shape(dist, (lo, hi))
 
 
@@ -149,8 +154,10 @@ def _cylinder(center: tuple[float, float], semi: tuple[float, float], top: float
 
 
 def _soft(d: Array) -> Array:
-    """Partial-volume fraction from a signed distance: 0 outside, 1 inside."""
-    return np.clip(d * (1.0 / _SOFT_EDGE_MM) + 0.5, 0.0, 1.0)
+    """Partial-volume fraction from a signed distance: 0 outside, 1 inside. The edge
+    is _SOFT_EDGE_MM (1 mm, about a pixel) wide."""
+    alpha = d + np.float32(0.5)
+    return np.clip(alpha, 0.0, 1.0, out=alpha)
 
 
 class _Waves:
@@ -173,40 +180,61 @@ class _Waves:
             total += np.sin(kx * x + ky * y + (kz * z + phase))
         return total * self.scale
 
+    def zero_distance(self, x: Array, y: Array, z: Array) -> Array:
+        """|field| / |gradient|: one Newton step to the zero set, in the field's units."""
+        value = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), np.float32)
+        gx, gy, gz = np.zeros_like(value), np.zeros_like(value), np.zeros_like(value)
+        for (kx, ky, kz), phase in zip(self.k, self.phase, strict=True):
+            arg = kx * x + ky * y + (kz * z + phase)
+            value += np.sin(arg)
+            c = np.cos(arg)
+            gx += kx * c
+            gy += ky * c
+            gz += kz * c
+        gradient = np.sqrt(gx * gx + gy * gy + gz * gz)
+        return np.abs(value) / np.maximum(gradient, 0.5 * self.gradient / self.scale)
+
 
 # The anatomy, in mm (LPS: +x patient left, +y posterior, +z head). The cerebrum is
-# centred near the origin; the head spans about z -130..86.
+# centred near the origin; the head spans about z -140..86.
 _CEREBRUM = _ellipsoid((0, 0, 8), (66, 84, 60))
-_CEREBELLUM = _ellipsoid((0, 46, -38), (48, 30, 21))
-_FOLIA_CENTRE = (0.0, 33.0, -37.0)
+_TEMPORAL_LOBES = (
+    _ellipsoid((-41, -6, -17), (22, 38, 20)),
+    _ellipsoid((41, -6, -17), (22, 38, 20)),
+)
+_CEREBELLUM = _ellipsoid((0, 46, -38), (47, 30, 21))
+_FOLIA_CENTRE = (0.0, 42.0, -37.0)
 _BRAINSTEM = (
-    _ellipsoid((0, 14, -40), (11, 12, 38)),  # midbrain, medulla
-    _ellipsoid((0, 8, -34), (15, 14, 12)),  # pons
+    _ellipsoid((0, 16, -44), (10, 11, 34)),  # midbrain, medulla
+    _ellipsoid((0, 8, -33), (15, 14, 12)),  # pons
     _cylinder((0, 20), (6.0, 7.0), -60),  # spinal cord
 )
 _CANAL = _cylinder((0, 20), (10, 11), -55)
-_SULCI = _Waves(seed=11, wavelengths=(30, 46), count=12)
+_SULCI = _Waves(seed=11, wavelengths=(20, 32), count=12)
 _SULCUS_REACH = _Waves(seed=12, wavelengths=(50, 80), count=5)
 _SURFACE = _Waves(seed=13, wavelengths=(60, 90), count=5)
-_FACE = _ellipsoid((0, -46, -64), (58, 50, 52))
-_NOSE = _ellipsoid((0, -96, -50), (10, 14, 22))
-_NECK = _cylinder((0, 14), (55, 56), -30)
-_LAT_VENTRICLES = (
-    _ellipsoid((-7.5, -3, 7), (5.0, 27, 9.0), yaw_deg=12),
-    _ellipsoid((7.5, -3, 7), (5.0, 27, 9.0), yaw_deg=-12),
-)
+_SOFT_TISSUE = _Waves(seed=14, wavelengths=(22, 40), count=6)
+_MIDFACE = _ellipsoid((0, -52, -58), (54, 46, 40))
+_JAW = _ellipsoid((0, -40, -98), (48, 50, 30))
+_NOSE = _ellipsoid((0, -95, -50), (10, 14, 21))
+_NECK = _cylinder((0, 12), (52, 56), -40)
 _CSF_SPACES = (
-    *_LAT_VENTRICLES,
-    _ellipsoid((-27, 0, -19), (3, 13, 3.5), yaw_deg=-20),  # temporal horns
-    _ellipsoid((27, 0, -19), (3, 13, 3.5), yaw_deg=20),
-    _ellipsoid((-15, 26, 8), (3.5, 9, 6), yaw_deg=-25),  # atria
-    _ellipsoid((15, 26, 8), (3.5, 9, 6), yaw_deg=25),
+    _ellipsoid((-7.5, -2, 8), (5.0, 26, 6.0), yaw_deg=8, arch=6),  # lateral ventricles
+    _ellipsoid((7.5, -2, 8), (5.0, 26, 6.0), yaw_deg=-8, arch=6),
+    _ellipsoid((-7, -22, 4), (5.5, 12, 9), yaw_deg=15),  # frontal horns
+    _ellipsoid((7, -22, 4), (5.5, 12, 9), yaw_deg=-15),
+    _ellipsoid((-16, 24, 4), (5, 10, 9), yaw_deg=-25),  # atria
+    _ellipsoid((16, 24, 4), (5, 10, 9), yaw_deg=25),
+    _ellipsoid((-20, 38, 2), (3, 10, 4), yaw_deg=-20),  # occipital horns
+    _ellipsoid((20, 38, 2), (3, 10, 4), yaw_deg=20),
+    _ellipsoid((-29, -2, -20), (3, 15, 3.5), yaw_deg=-15),  # temporal horns
+    _ellipsoid((29, -2, -20), (3, 15, 3.5), yaw_deg=15),
     _ellipsoid((0, 5, -5), (1.8, 12, 8)),  # third ventricle
     _ellipsoid((0, 27, -40), (6, 3.5, 7)),  # fourth ventricle
 )
 _DEEP_GREY = (
-    _ellipsoid((-11, 8, -2), (8.5, 14, 9)),  # thalami
-    _ellipsoid((11, 8, -2), (8.5, 14, 9)),
+    _ellipsoid((-9.5, 8, -3), (8.5, 14, 9)),  # thalami
+    _ellipsoid((9.5, 8, -3), (8.5, 14, 9)),
     _ellipsoid((-12, -20, 7), (4.5, 9, 10)),  # caudate heads
     _ellipsoid((12, -20, 7), (4.5, 9, 10)),
     _ellipsoid((-24, -5, -1), (5.5, 15, 10), yaw_deg=8),  # putamina
@@ -214,66 +242,126 @@ _DEEP_GREY = (
 )
 _ORBIT_FAT = (_ellipsoid((-31, -62, -34), (16, 22, 14)), _ellipsoid((31, -62, -34), (16, 22, 14)))
 _GLOBES = (_ellipsoid((-31, -72, -34), (12, 12, 12)), _ellipsoid((31, -72, -34), (12, 12, 12)))
-_AIR = (
-    _ellipsoid((-23, -56, -62), (12, 15, 14)),  # maxillary sinuses
-    _ellipsoid((23, -56, -62), (12, 15, 14)),
-    _ellipsoid((0, -72, -55), (5, 22, 16)),  # nasal cavity
-    _ellipsoid((0, -76, -10), (11, 7, 8)),  # frontal sinus
-    _ellipsoid((0, -38, -42), (9, 8, 8)),  # sphenoid sinus
-    _cylinder((0, -18), (10, 6), -72),  # pharynx
+_SINUSES = (
+    _ellipsoid((-23, -60, -62), (12, 15, 13)),  # maxillary
+    _ellipsoid((23, -60, -62), (12, 15, 13)),
+    _ellipsoid((0, -72, -56), (5, 20, 15)),  # nasal cavity
+    _ellipsoid((0, -78, -12), (11, 6, 7)),  # frontal
+    _ellipsoid((0, -36, -44), (9, 8, 7)),  # sphenoid
 )
-_TONGUE = _ellipsoid((0, -50, -96), (26, 34, 17))
-_VERTEBRAE = tuple(_ellipsoid((0, 2, -90 - 17 * i), (12, 10, 7)) for i in range(3))
+_PHARYNX = _cylinder((0, -16), (11, 6), -62)
+_TONGUE = _ellipsoid((0, -54, -94), (24, 30, 16))
+_MANDIBLE = (_ellipsoid((0, -40, -104), (46, 48, 10)), _ellipsoid((0, -40, -104), (40, 42, 14)))
+_PALATE = _ellipsoid((0, -62, -78), (22, 28, 2.5))
+_VERTEBRAE = tuple(_ellipsoid((0, 2, -86 - 17 * i), (12, 10, 7)) for i in range(4))
+_DENS = _ellipsoid((0, 4, -72), (5, 5, 9))
 
 
-def _cerebral_floor(x: Array, y: Array) -> Array:
-    """Height of the cerebral base: rising over the orbits, lower in the temporal fossae."""
-    temporal = np.clip((np.abs(x) - 18) / 14, 0, 1) * np.exp(-(((y + 8) / 26) ** 2))
-    frontal = np.clip((-30 - y) / 45, 0, 1)
-    return -21 - 17 * temporal + 8 * frontal
+def _smooth_max(a: Array, b: Array, k: float) -> Array:
+    """Union of two shapes with a fillet of about k mm, so outlines blend like skin."""
+    h = np.maximum(k - np.abs(a - b), 0) / k
+    return np.maximum(a, b) + h * h * (k / 4)
+
+
+def _cerebral_floor(y: Array) -> Array:
+    """Height of the frontal and occipital base, rising over the orbits."""
+    return -21 + 9 * np.clip((-30 - y) / 45, 0, 1)
+
+
+def _hemispheres(x: Array, y: Array, z: Array, wobble: Array | float = 0.0,
+                 closed: bool = False) -> Array:
+    """Depth inside the cerebral outline: an ellipsoid with a base, plus temporal lobes."""
+    union = partial(_smooth_max, k=20) if closed else np.maximum
+    depth = np.minimum(_CEREBRUM(x, y, z) + wobble, z - _cerebral_floor(y))
+    for lobe in _TEMPORAL_LOBES:
+        depth = union(depth, lobe(x, y, z) + wobble)
+    return depth
 
 
 def _cerebrum_depth(x: Array, y: Array, z: Array) -> Array:
-    """Depth inside the cerebral hemispheres: a slightly irregular ellipsoid with a
-    base, a midline fissure that ends in a rounded edge above the corpus callosum,
-    and a tentorium over the cerebellum."""
-    depth = _CEREBRUM(x, y, z) + 1.0 * _SURFACE(x, y, z)
-    depth = np.minimum(depth, z - _cerebral_floor(x, y))
+    """Depth inside the cerebral hemispheres, with a slightly irregular surface, a
+    midline fissure that ends in a rounded edge above the corpus callosum, and a
+    tentorium over the cerebellum."""
+    depth = _hemispheres(x, y, z, _SURFACE(x, y, z))
     callosum = 1 - ((y + 3) / 38) ** 2 - ((z - 7) / 17) ** 2
     depth = np.minimum(depth, np.abs(x) - 1.0 + 80 * np.maximum(callosum, 0))
     return np.minimum(depth, -_CEREBELLUM(x, y, z) - 2)
 
 
-def _cavity_depth(x: Array, y: Array, z: Array) -> Array:
-    """Depth inside the cranial cavity and spinal canal (the CSF space)."""
-    depth = np.minimum(_CEREBRUM(x, y, z), z - _cerebral_floor(x, y)) + 3
-    depth = np.maximum(depth, _CEREBELLUM(x, y, z) + 4)
-    depth = np.maximum(depth, _BRAINSTEM[0](x, y, z) + 3)
+def _cavity_depth(x: Array, y: Array, z: Array, closed: bool = False) -> Array:
+    """Depth inside the cranial cavity and spinal canal (the CSF space). ``closed``
+    fills the notches between the fossae with fillets, which gives the outline of
+    the skull base and of the scalp."""
+    union = partial(_smooth_max, k=28) if closed else np.maximum
+    depth = _hemispheres(x, y, z, closed=closed) + 3
+    depth = union(depth, _CEREBELLUM(x, y, z) + 4)
+    depth = union(depth, _BRAINSTEM[0](x, y, z) + 3)
     return np.maximum(depth, _CANAL(x, y, z))
+
+
+def _sylvian_distance(x: Array, y: Array, z: Array) -> Array:
+    """Distance to the lateral (Sylvian) fissure: a sheet between the frontal and
+    temporal lobes, from the insula at |x| = 34 out to the surface."""
+    height = z - (-6 + 0.3 * (y + 10))
+    medial = np.maximum(34 - np.abs(x), 0)
+    length = np.maximum(np.abs(y + 6) - 30, 0)
+    return np.sqrt(height * height + medial * medial + length * length)
 
 
 # ----------------------------------------------------------------------------- render
 
 
+def _upsample(a: Array) -> Array:
+    """Double the rows and columns by linear interpolation (pixel centres kept)."""
+    n, rows, cols = a.shape
+    tall = np.empty((n, 2 * rows, cols), np.float32)
+    tall[:, 0], tall[:, -1] = a[:, 0], a[:, -1]
+    tall[:, 1:-1:2] = 0.75 * a[:, :-1] + 0.25 * a[:, 1:]
+    tall[:, 2::2] = 0.25 * a[:, :-1] + 0.75 * a[:, 1:]
+    out = np.empty((n, 2 * rows, 2 * cols), np.float32)
+    out[:, :, 0], out[:, :, -1] = tall[:, :, 0], tall[:, :, -1]
+    out[:, :, 1:-1:2] = 0.75 * tall[:, :, :-1] + 0.25 * tall[:, :, 1:]
+    out[:, :, 2::2] = 0.25 * tall[:, :, :-1] + 0.75 * tall[:, :, 1:]
+    return out
+
+
 class _Canvas:
-    """A float volume that tissues are painted onto, outside in, with soft alpha."""
+    """A float volume that tissues are painted onto, outside in, with soft alpha.
+
+    Smooth distance fields (skull, skin, the signed distance to the sulci) are
+    computed on a grid with half the rows and columns and interpolated back, which
+    is exact enough for smooth fields and four times cheaper; the soft edges are
+    still made at full resolution.
+    """
 
     def __init__(self, grid: _Grid, values: dict[str, float]) -> None:
         self.grid = grid
+        self.coarse = _Grid(
+            axes=(grid.axes[0], *((a[0::2] + a[1::2]) / 2 for a in grid.axes[1:])),  # type: ignore[arg-type]
+            world=grid.world,
+        )
         self.values = values
         self.image = np.zeros(grid.shape, dtype=np.float32)
 
-    def region(self, box: Box) -> tuple[tuple[slice, slice, slice], tuple[Array, Array, Array]]:
-        found = self.grid.block(*box)
+    def region(self, box: Box, coarse: bool = False) -> tuple[tuple[slice, ...], tuple[Array, ...]]:
+        """Index of the box in the image, and x, y, z there (on the coarse grid if asked;
+        the index is then the matching full-resolution one)."""
+        found = (self.coarse if coarse else self.grid).block(*box)
         if found is None:
             empty = slice(0, 0)
-            z = np.zeros((0, 0, 0), np.float32)
-            return (empty, empty, empty), (z, z, z)
-        return found
+            nothing = np.zeros((0, 0, 0), np.float32)
+            return (empty, empty, empty), (nothing, nothing, nothing)
+        index, xyz = found
+        if coarse:
+            index = (index[0], *(slice(2 * i.start, 2 * i.stop) for i in index[1:]))
+        return index, xyz
 
-    def paint(self, tissue: str, index: tuple[slice, slice, slice], alpha: Array) -> None:
+    def paint(self, tissue: str, index: tuple[slice, ...], alpha: Array) -> None:
         target = self.image[index]
-        target += alpha * (np.float32(self.values[tissue]) - target)
+        if target.size:
+            change = np.subtract(np.float32(self.values[tissue]), target)
+            change *= alpha
+            target += change
 
     def shape(self, tissue: str, shape: _Shape, opacity: float = 1.0, grow: float = 0) -> None:
         index, xyz = self.region(shape.box)
@@ -282,94 +370,113 @@ class _Canvas:
 
 
 def _sulcus_distance(x: Array, y: Array, z: Array) -> Array:
-    """Distance to the nearest sulcus. The wave field is sampled on points projected
-    towards a sphere around each hemisphere's centre, so its zero set is a labyrinth
-    on the surface that runs radially inwards: sulci in any cut."""
-    px = x - np.where(x < 0, -30.0, 30.0).astype(np.float32)
-    py, pz = y + 2.0, z - 8.0
+    """Signed distance to the nearest sulcus. The wave field is sampled on points
+    projected towards a sphere around each hemisphere's centre, so its zero set is a
+    labyrinth on the surface that runs radially inwards: sulci in any cut."""
+    side = np.tanh(x / 4)
+    px, py, pz = x - 30 * side, y + 2.0, z - 8.0
     rho = np.sqrt(px * px + py * py + pz * pz) + 1e-3
     stretch = (55.0 / rho) ** 0.6
-    field = _SULCI(px * stretch, py * stretch, pz * stretch)
-    return np.abs(field) / (stretch * _SULCI.gradient)
+    # Offset the left hemisphere's sample so the two sides are not copies.
+    qx, qy = px * stretch + 23 * side, py * stretch + 17 * side
+    return _SULCI.zero_distance(qx, qy, pz * stretch) / stretch
+
+
+def _paint_head(canvas: _Canvas) -> None:
+    """Skin, subcutaneous fat, muscle with fatty planes, skull with marrow, the facial
+    skeleton and sinuses, and the CSF-filled cranial cavity."""
+    index, (x, y, z) = canvas.region(_EVERYWHERE, coarse=True)
+    cavity = _cavity_depth(x, y, z)
+    skull = _cavity_depth(x, y, z, closed=True)
+    scalp = 12.5 + 1.5 * np.sin(y / 17 + 1) * np.cos(z / 23)
+    face = _smooth_max(_MIDFACE(x, y, z), _JAW(x, y, z), 20)
+    face = _smooth_max(face, _NECK(x, y, z), 25)
+    head = _smooth_max(_smooth_max(skull + scalp, face, 25), _NOSE(x, y, z), 6)
+    # Fatty planes between the muscles of the face and neck, below the skull.
+    planes = np.where(z < -25, _SOFT_TISSUE.zero_distance(x, y, z), np.float32(99))
+    cavity, skull, head, planes = map(_upsample, (cavity, skull, head, planes))
+
+    canvas.paint("fat", index, _soft(head))
+    canvas.paint("muscle", index, _soft(head - 4.5) * np.float32(0.92))
+    canvas.paint("fat", index, _soft(head - 7) * _soft(0.7 - np.abs(planes)) * 0.7)
+    # Skull: cortical bone with a marrow core, thick at the base between the fossae.
+    canvas.paint("bone", index, _soft(skull + 7))
+    canvas.paint("marrow", index, _soft(np.minimum(skull + 5.5, -1.8 - cavity)) * 0.8)
+
+    canvas.shape("muscle", _TONGUE)
+    canvas.shape("bone", _MANDIBLE[0])
+    canvas.shape("muscle", _MANDIBLE[1], grow=0.5)
+    canvas.shape("marrow", _PALATE)
+    for vertebra in (*_VERTEBRAE, _DENS):
+        canvas.shape("bone", vertebra, grow=1.5)
+        canvas.shape("marrow", vertebra)
+    for sinus in _SINUSES:
+        canvas.shape("bone", sinus, grow=1.5)
+        canvas.shape("air", sinus)
+    canvas.shape("air", _PHARYNX)
+    for fat, globe in zip(_ORBIT_FAT, _GLOBES, strict=True):
+        canvas.shape("fat", fat)
+        canvas.shape("eye", globe)
+    canvas.paint("csf", index, _soft(cavity))
+
+
+def _paint_cerebrum(canvas: _Canvas) -> None:
+    """Grey matter, with white matter deeper than ~2.6 mm from the pial surface or a
+    sulcus. Sulci open at the surface and end 10-20 mm deep, so cuts show gyri with
+    white-matter cores; deep grey nuclei and ventricles sit in the white matter."""
+    box = ((-70.0, -90.0, -46.0), (70.0, 90.0, 72.0))
+    index, (x, y, z) = canvas.region(box, coarse=True)
+    if not canvas.image[index].size:
+        return
+    depth = _cerebrum_depth(x, y, z)
+    reach = 15 + 5 * _SULCUS_REACH(x, y, z)
+    sulcus = np.minimum(_sulcus_distance(x, y, z), _sylvian_distance(x, y, z))
+    depth, reach, sulcus = map(_upsample, (depth, reach, sulcus))
+
+    canvas.paint("gm", index, _soft(depth))
+    # A sulcus is a sheet from the surface down to its fundus at `reach`.
+    beyond = np.maximum(depth - reach, 0)
+    to_sulcus = np.sqrt(sulcus * sulcus + beyond * beyond)
+    half_width = 0.35 + 0.9 * np.clip(1 - depth / 6, 0, 1)
+    cortical = np.minimum(depth, to_sulcus - half_width)
+    canvas.paint("wm", index, _soft(cortical - 2.6))
+    for nucleus in _DEEP_GREY:
+        canvas.shape("deep", nucleus, opacity=0.85, grow=-0.5)
+    canvas.paint("csf", index, _soft(half_width - to_sulcus) * _soft(depth + 1))
+
+
+def _paint_posterior_fossa(canvas: _Canvas) -> None:
+    """Cerebellum: lobules fan out from a centre near the fourth ventricle, separated
+    by fissures, around a small white-matter core with thin branches (arbor vitae);
+    then the brainstem and cord."""
+    index, (x, y, z) = canvas.region(_CEREBELLUM.box)
+    if canvas.image[index].size:
+        depth = _CEREBELLUM(x, y, z)
+        fx, fy, fz = _FOLIA_CENTRE
+        across = np.sqrt((0.6 * (x - fx)) ** 2 + (y - fy) ** 2)
+        angle = np.arctan2(z - fz, across)
+        radius = np.sqrt(across * across + (z - fz) ** 2) + 1e-3
+        wobble = 0.5 * np.sin(x / 9) + 0.7 * np.sin(radius / 5 + 3 * angle)
+        fissure = np.abs(np.sin(15 * angle + wobble)) * radius / 15
+        canvas.paint("gm", index, _soft(depth))
+        branches = _soft(np.minimum(depth - 4, fissure - 1.7) * 0.7)
+        core = _soft(np.maximum(depth - 12, 11 - radius))
+        canvas.paint("wm", index, np.maximum(branches, core))
+        outer = _soft(12 - depth) * _soft(depth + 1) * _soft(radius - 14)
+        canvas.paint("csf", index, _soft(0.45 - fissure) * outer)
+    for part in _BRAINSTEM:
+        canvas.shape("stem", part)
 
 
 def _render(grid: _Grid, values: dict[str, float]) -> Array:
     """Paint the phantom onto one series grid with one contrast (a value per tissue)."""
     canvas = _Canvas(grid, values)
-
-    # Scalp, skull (cortical bone with a marrow core) and the CSF-filled cavity.
-    head_index, (x, y, z) = canvas.region(((-95, -120, -140), (95, 110, 95)))
-    cavity = _cavity_depth(x, y, z)
-    scalp = 12.5 + 1.5 * np.sin(y / 17 + 1) * np.cos(z / 23)
-    head = np.maximum(cavity + scalp, _FACE(x, y, z))
-    head = np.maximum(np.maximum(head, _NOSE(x, y, z)), _NECK(x, y, z))
-    canvas.paint("fat", head_index, _soft(head))
-    canvas.paint("muscle", head_index, _soft(head - 4.5) * np.float32(0.9))
-    canvas.paint("muscle", head_index, _soft(np.minimum(head - 8, cavity + 7.5)) * 0.3)
-    canvas.paint("bone", head_index, _soft(cavity + 7))
-    canvas.paint("marrow", head_index, _soft(np.minimum(cavity + 5.5, -1.8 - cavity)) * 0.85)
-    for vertebra in _VERTEBRAE:
-        canvas.shape("marrow", vertebra)
-    canvas.shape("muscle", _TONGUE)
-    for air in _AIR:
-        canvas.shape("air", air)
-    canvas.paint("csf", head_index, _soft(cavity))
-
-    # Cerebrum: grey matter, with white matter deeper than ~2.6 mm from the pial surface
-    # or from a sulcus. Sulci open at the surface and reach 12-24 mm deep, so cuts show
-    # gyri with white-matter cores.
-    index, (x, y, z) = canvas.region(((-70, -90, -46), (70, 90, 72)))
-    depth = _cerebrum_depth(x, y, z)
-    canvas.paint("gm", index, _soft(depth))
-    reach = 15 + 5 * _SULCUS_REACH(x, y, z)
-    cortical = depth.copy()
-    sulcal = np.zeros_like(depth)
-    near = (depth > -1.5) & (depth < reach + 3.5)
-    xs, ys, zs = (np.broadcast_to(c, depth.shape)[near] for c in (x, y, z))
-    d_near = depth[near]
-    # Distance to a sulcus: a sheet from the surface down to its fundus at `reach`.
-    beyond = np.maximum(d_near - reach[near], 0)
-    to_sulcus = np.sqrt(_sulcus_distance(xs, ys, zs) ** 2 + beyond * beyond)
-    half_width = 0.35 + 0.9 * np.clip(1 - d_near / 6, 0, 1)
-    cortical[near] = np.minimum(d_near, to_sulcus - half_width)
-    sulcal[near] = _soft(half_width - to_sulcus) * _soft(d_near + 1)
-    canvas.paint("wm", index, _soft(cortical - 2.6))
-    for nucleus in _DEEP_GREY:
-        canvas.shape("deep", nucleus, opacity=0.85, grow=-0.5)
-    canvas.paint("csf", index, sulcal)
-
-    # Cerebellum: lobules fan out from a centre near the fourth ventricle, separated by
-    # fissures, around a white-matter core with thin branches (arbor vitae).
-    index, (x, y, z) = canvas.region(_CEREBELLUM.box)
-    depth = _CEREBELLUM(x, y, z)
-    fx, fy, fz = _FOLIA_CENTRE
-    across = np.sqrt((0.6 * (x - fx)) ** 2 + (y - fy) ** 2)
-    angle = np.arctan2(z - fz, across)
-    radius = np.sqrt(across**2 + (z - fz) ** 2) + 1e-3
-    fissure = np.abs(np.sin(15 * angle + 0.5 * np.sin(x / 9))) * radius / 15
-    canvas.paint("gm", index, _soft(depth))
-    branches = _soft(np.minimum(depth - 3.5, fissure - 1.6) * 0.7)
-    canvas.paint("wm", index, np.maximum(branches, _soft(depth - 12)))
-    canvas.paint("csf", index, _soft(0.45 - fissure) * _soft(12 - depth) * _soft(depth + 1))
-
-    for part in _BRAINSTEM:
-        canvas.shape("stem", part)
+    _paint_head(canvas)
+    _paint_cerebrum(canvas)
+    _paint_posterior_fossa(canvas)
     for space in _CSF_SPACES:
         canvas.shape("csf", space)
-    for fat, globe in zip(_ORBIT_FAT, _GLOBES, strict=True):
-        canvas.shape("fat", fat)
-        canvas.shape("eye", globe)
     return canvas.image
-
-
-def _box_blur(a: Array, axis: int) -> Array:
-    """A 3-wide running mean along one axis, edges repeated."""
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (1, 1)
-    p = np.pad(a, pad, mode="edge")
-    n = a.shape[axis]
-    take = lambda s: np.take(p, np.arange(s, s + n), axis=axis)  # noqa: E731
-    return (take(0) + take(1) + take(2)) / np.float32(3)
 
 
 def _acquire(grid: _Grid, signal: Array, sigma: float, seed: int) -> Array:
@@ -377,11 +484,10 @@ def _acquire(grid: _Grid, signal: Array, sigma: float, seed: int) -> Array:
     a receive-coil bias field (brighter periphery, fading towards the neck), and
     Rician noise, all seeded."""
     rng = np.random.default_rng(seed)
-    texture = rng.standard_normal(signal.shape, dtype=np.float32)
-    for axis in (1, 2, 1, 2):
-        texture = _box_blur(texture, axis)
-    texture *= np.float32(0.045 / texture.std())
-    (index, (x, y, z)) = grid.block((-1e9,) * 3, (1e9,) * 3)  # type: ignore[misc]
+    n, rows, cols = signal.shape
+    texture = rng.standard_normal((n, rows // 4, cols // 4), dtype=np.float32)
+    texture = _upsample(_upsample(texture)) * np.float32(0.05)
+    _, (x, y, z) = grid.block(*_EVERYWHERE)  # type: ignore[misc]
     radius2 = (x * x + y * y + (z - 10) * (z - 10)) * np.float32(1 / 100**2)
     bias = (0.93 + 0.12 * radius2) * np.clip(1 + (z + 70) / 90, 0.35, 1.0)
     clean = signal * (1 + texture) * bias

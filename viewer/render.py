@@ -78,12 +78,13 @@ class DecodedFrame:
     def stats(self) -> tuple[float, float, float, float]:
         """(min, max, 0.5th percentile, 99.5th percentile), computed once."""
         if self._stats is None:
-            values = self.pixels[::2, ::2] if min(self.pixels.shape[:2]) >= 128 else self.pixels
-            finite = values[np.isfinite(values)]
+            finite = self.pixels[np.isfinite(self.pixels)]
             if finite.size == 0:
                 self._stats = (0.0, 0.0, 0.0, 0.0)
             else:
-                low, high = np.percentile(finite, (0.5, 99.5))
+                # Percentiles of every fourth pixel: same window, a quarter of the sort.
+                sample = finite[:: 4 if finite.size >= 16384 else 1]
+                low, high = np.percentile(sample, (0.5, 99.5))
                 self._stats = (float(finite.min()), float(finite.max()), float(low), float(high))
         return self._stats
 
@@ -192,7 +193,8 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     """Map modality values to 0..255 by PS3.3 C.11.2.1.2 / C.11.2.1.3.1, rounded."""
     center, width = float(window.center), float(window.width)
     if window.function == "sigmoid":
-        scaled = np.exp(-4.0 * (values - center) / width)
+        with np.errstate(over="ignore"):
+            scaled = np.exp(-4.0 * (values - center) / width)
         out = np.divide(255.0, 1.0 + scaled, dtype=np.float32)
         out += 0.5
         return out.clip(0, 255).astype(np.uint8)

@@ -70,7 +70,7 @@ export class Cine {
  * Pointer gestures and the wheel on the viewport element.
  * @param {Viewport} vp
  * @param {HTMLElement} el
- * @param {{tool: () => Tool, onUser: () => void}} opts
+ * @param {{tool: () => Tool, onUser: () => void, onScroll: () => void}} opts
  */
 export function bindPointer(vp, el, opts) {
   /** @type {Map<number, {x: number, y: number}>} */
@@ -172,7 +172,8 @@ export function bindPointer(vp, el, opts) {
     g.lastX = p.x;
     g.lastY = p.y;
     if (g.kind === 'scroll') {
-      const step = clamp(vp.cssH / Math.max(1, vp.count), 4, 20);
+      opts.onScroll();
+      const step = clamp(vp.cssH / Math.max(1, vp.count), 5, 20);
       // Finger/mouse up = forward, like scrolling a page.
       vp.setSlice(g.index0 + Math.trunc((g.y0 - p.y) / step));
     } else if (g.kind === 'pan') {
@@ -225,6 +226,7 @@ export function bindPointer(vp, el, opts) {
       vp.zoomBy(Math.exp(clamp(-dy, -100, 100) * 0.0025), e.clientX - r.left, e.clientY - r.top);
       return;
     }
+    opts.onScroll();
     if (Math.abs(dy) >= 50) {
       // A wheel notch: one slice each.
       wheelAcc = 0;

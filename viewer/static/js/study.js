@@ -190,6 +190,7 @@ async function openSeries(summary) {
   seriesCtrl = ctrl;
   markSelected(summary.series_uid);
   series = null;
+  stackGroup.hidden = true;
   vp.clear('Loading series…');
   /** @type {SeriesDetail} */
   let detail;
@@ -325,6 +326,7 @@ helpDialog.addEventListener('click', (e) => {
 bindPointer(vp, viewportEl, {
   tool: () => tool,
   onUser: () => {},
+  onScroll: () => cine.pause(),
 });
 bindKeyboard(
   {

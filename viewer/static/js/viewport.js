@@ -548,16 +548,18 @@ export class Viewport {
     if (this.stack && !this.fatal) {
       this.loadingMessage = '';
       const picked = this.pick();
-      const entry = picked ? picked.entry : this.lastDrawn;
+      const failure = this.currentFailure();
+      const failed = !!failure && !(picked && picked.entry.window === Viewport.windowKey(this.windowFor()));
+      // On failure, show the message over an empty view, not another slice.
+      const entry = picked ? picked.entry : failed ? null : this.lastDrawn;
       if (entry) {
         this.paint(entry);
         this.lastDrawn = entry;
       }
-      const failure = this.currentFailure();
       if (picked && picked.exact) {
         state = 'ready';
         showStatus = false;
-      } else if (failure && !(picked && picked.entry.window === Viewport.windowKey(this.windowFor()))) {
+      } else if (failed) {
         state = 'error';
         error = true;
         message = `This image could not be loaded: ${failure}`;

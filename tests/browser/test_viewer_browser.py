@@ -1,0 +1,384 @@
+"""End-to-end: the real service under gunicorn, driven in headless Chromium.
+
+One server and one browser per module: the fixture imports the real MRI series
+``ge-t1-mprage`` (and the synthetic demo study, for the README screenshot)
+into a temporary data folder with the CLI, signs in with a one-time link and
+starts gunicorn on a free port. Every test waits for conditions with timeouts;
+nothing sleeps to pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+sync_playwright = playwright_api.sync_playwright
+expect = playwright_api.expect
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+TIMEOUT_MS = 20_000
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+PHONE = {
+    "viewport": {"width": 390, "height": 844},
+    "device_scale_factor": 3,
+    "has_touch": True,
+    "is_mobile": True,
+}
+
+
+def corpus_dir() -> Path:
+    return Path(os.environ.get("VIEWER_TEST_CORPUS", ROOT.parent / "shared" / "corpus"))
+
+
+def chromium_path() -> str | None:
+    configured = os.environ.get("VIEWER_TEST_CHROMIUM")
+    if configured:
+        return configured
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    base: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "viewer.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"viewer.cli {args} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def login_link(self) -> str:
+        return self.cli("login-link", "--base", self.base).strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    corpus = corpus_dir() / "ge-t1-mprage"
+    if not corpus.is_dir():
+        pytest.fail(f"test corpus not found at {corpus}; set VIEWER_TEST_CORPUS")
+    data = tmp_path_factory.mktemp("browser-data")
+    port = free_port()
+    env = {
+        **os.environ,
+        "VIEWER_DATA_DIR": str(data),
+        "VIEWER_SECRET_KEY": "browser-test-secret-0123456789abcdef",
+        "VIEWER_BIND": f"127.0.0.1:{port}",
+        "VIEWER_WORKERS": "2",
+    }
+    log = data / "gunicorn.log"
+    prep = Server(base=f"http://127.0.0.1:{port}", env=env, proc=None, log=log)  # type: ignore[arg-type]
+    prep.cli("import", str(corpus))
+    prep.cli("demo")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
+             "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    srv = Server(base=prep.base, env=env, proc=proc, log=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"gunicorn exited early:\n{log.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(f"{srv.base}/signin", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gunicorn did not answer:\n{log.read_text(errors='replace')}")
+            time.sleep(0.2)  # polling interval while the server boots, not an assertion
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is not installed (apt-get install chromium)")
+        pytest.skip("Chromium is not installed; set VIEWER_TEST_CHROMIUM")
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@dataclass
+class Session:
+    context: Any
+    page: Any
+    problems: list[str] = field(default_factory=list)
+
+    def assert_clean_console(self) -> None:
+        assert not self.problems, "browser console errors:\n" + "\n".join(self.problems)
+
+
+def open_session(browser: Any, server: Server, **options: Any) -> Session:
+    context = browser.new_context(**options)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    session = Session(context, page)
+    page.on(
+        "console",
+        lambda m: session.problems.append(f"console.{m.type}: {m.text}")
+        if m.type in ("error", "warning") else None,
+    )
+    page.on("pageerror", lambda e: session.problems.append(f"page error: {e}"))
+    page.goto(server.login_link())
+    return session
+
+
+@pytest.fixture
+def desktop(browser: Any, server: Server) -> Iterator[Session]:
+    session = open_session(browser, server, **DESKTOP)
+    yield session
+    session.context.close()
+
+
+@pytest.fixture
+def phone(browser: Any, server: Server) -> Iterator[Session]:
+    session = open_session(browser, server, **PHONE)
+    yield session
+    session.context.close()
+
+
+def open_study(page: Any, server: Server, text: str = "ID dicom") -> Any:
+    """From the studies list, open the study whose card contains ``text``."""
+    page.goto(server.base + "/")
+    page.locator(".study-link", has_text=text).first.click()
+    viewport = page.locator("#viewport")
+    expect(viewport).to_have_attribute("data-state", "ready", timeout=TIMEOUT_MS)
+    return viewport
+
+
+def canvas_pixels(page: Any) -> bytes:
+    url = page.evaluate("() => document.getElementById('viewport-canvas').toDataURL('image/png')")
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def wait_pixels_change(page: Any, before: bytes) -> bytes:
+    """Poll the canvas until it differs from ``before`` (or fail after the timeout)."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:
+        now = canvas_pixels(page)
+        if now != before:
+            return now
+        assert time.monotonic() < deadline, "the canvas did not change"
+        page.wait_for_timeout(50)  # poll interval
+
+
+def centre_of(locator: Any) -> tuple[float, float]:
+    box = locator.bounding_box()
+    assert box is not None
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def test_studies_page_lists_the_imported_study(desktop: Session, server: Server) -> None:
+    page = desktop.page
+    page.goto(server.base + "/")
+    expect(page.locator(".study-link", has_text="ID dicom")).to_contain_text("2020-09-29")
+    expect(page.locator(".study-link", has_text="ID dicom")).to_contain_text("130 images")
+    desktop.assert_clean_console()
+
+
+def test_open_study_and_wheel_through_slices(desktop: Session, server: Server) -> None:
+    page = desktop.page
+    viewport = open_study(page, server)
+    expect(viewport).to_have_attribute("data-slice-count", "130")
+    expect(page.locator(".series-item")).to_have_count(1)
+    expect(page.locator(".series-item img")).to_have_count(1)
+    start = int(viewport.get_attribute("data-slice-index"))
+    before = canvas_pixels(page)
+    page.mouse.move(*centre_of(viewport))
+    for _ in range(10):
+        page.mouse.wheel(0, 100)
+    expect(viewport).to_have_attribute("data-slice-index", str(start + 10))
+    expect(viewport).to_have_attribute("data-state", "ready")
+    wait_pixels_change(page, before)
+    expect(page.locator("#ov-slice")).to_have_text(f"Slice {start + 11} / 130")
+    expect(page.locator("#slice-slider")).to_have_value(str(start + 11))
+    desktop.assert_clean_console()
+
+
+def test_right_drag_changes_window_level(desktop: Session, server: Server) -> None:
+    page = desktop.page
+    viewport = open_study(page, server)
+    center = viewport.get_attribute("data-window-center")
+    width = viewport.get_attribute("data-window-width")
+    before = canvas_pixels(page)
+    x, y = centre_of(viewport)
+    page.mouse.move(x, y)
+    page.mouse.down(button="right")
+    page.mouse.move(x + 120, y - 60, steps=12)
+    page.mouse.up(button="right")
+    expect(viewport).not_to_have_attribute("data-window-width", width)
+    expect(viewport).not_to_have_attribute("data-window-center", center)
+    expect(viewport).to_have_attribute("data-state", "ready")
+    wait_pixels_change(page, before)
+    new_c = float(viewport.get_attribute("data-window-center"))
+    new_w = float(viewport.get_attribute("data-window-width"))
+    assert new_w > float(width), "dragging right widens the window"
+    assert new_c < float(center), "dragging up lowers the centre (brighter)"
+    expect(page.locator("#ov-window")).to_contain_text(f"W {round(new_w)}")
+    expect(page.locator("#wl-preset")).to_have_value("custom")
+    # Reset brings back the header window.
+    page.locator("[data-action=reset]").click()
+    expect(viewport).to_have_attribute("data-window-width", width)
+    desktop.assert_clean_console()
+
+
+def test_keyboard_moves_through_the_stack(desktop: Session, server: Server) -> None:
+    page = desktop.page
+    viewport = open_study(page, server)
+    viewport.focus()
+    page.keyboard.press("End")
+    expect(viewport).to_have_attribute("data-slice-index", "129")
+    page.keyboard.press("Home")
+    expect(viewport).to_have_attribute("data-slice-index", "0")
+    page.keyboard.press("PageDown")
+    expect(viewport).to_have_attribute("data-slice-index", "10")
+    page.keyboard.press("ArrowUp")
+    expect(viewport).to_have_attribute("data-slice-index", "9")
+    expect(viewport).to_have_attribute("data-state", "ready")
+    page.keyboard.press("?")
+    expect(page.locator("#help-dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.locator("#help-dialog")).to_be_hidden()
+    desktop.assert_clean_console()
+
+
+def test_cine_plays_and_loops(desktop: Session, server: Server) -> None:
+    page = desktop.page
+    viewport = open_study(page, server)
+    page.locator("#fps-select").select_option("30")
+    page.keyboard.press("End")
+    expect(viewport).to_have_attribute("data-slice-index", "129")
+    page.locator("#play-button").click()
+    expect(page.locator("#play-button")).to_have_attribute("aria-pressed", "true")
+    # Looping: from the last slice it comes round to the start.
+    page.wait_for_function(
+        "() => Number(document.getElementById('viewport').dataset.sliceIndex) < 100",
+        timeout=TIMEOUT_MS,
+    )
+    page.keyboard.press("Space")
+    expect(page.locator("#play-button")).to_have_attribute("aria-pressed", "false")
+    desktop.assert_clean_console()
+
+
+def test_phone_layout_and_pinch_zoom(phone: Session, server: Server) -> None:
+    page = phone.page
+    viewport = open_study(page, server)
+    expect(viewport).to_have_attribute("data-zoom", "1")
+    # Touch-sized controls.
+    for button in page.locator(".toolbar button:visible, .slicebar button:visible").all():
+        box = button.bounding_box()
+        assert box["width"] >= 40 and box["height"] >= 40, button.get_attribute("aria-label")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    before = canvas_pixels(page)
+    x, y = centre_of(viewport)
+    cdp = phone.context.new_cdp_session(page)
+
+    def touch(kind: str, points: list[tuple[float, float]]) -> None:
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {"type": kind, "touchPoints": [{"x": px, "y": py, "id": i}
+                                           for i, (px, py) in enumerate(points)]},
+        )
+
+    touch("touchStart", [(x - 30, y), (x + 30, y)])
+    for k in range(1, 11):
+        touch("touchMove", [(x - 30 - 8 * k, y), (x + 30 + 8 * k, y)])
+    touch("touchEnd", [])
+    page.wait_for_function(
+        "() => Number(document.getElementById('viewport').dataset.zoom) > 1",
+        timeout=TIMEOUT_MS,
+    )
+    wait_pixels_change(page, before)
+    expect(page.locator("#ov-zoom")).not_to_have_text("Zoom 100%")
+    # One-finger swipe up moves forward through the slices.
+    start = int(viewport.get_attribute("data-slice-index"))
+    touch("touchStart", [(x, y + 80)])
+    for k in range(1, 9):
+        touch("touchMove", [(x, y + 80 - 10 * k)])
+    touch("touchEnd", [])
+    page.wait_for_function(
+        f"() => Number(document.getElementById('viewport').dataset.sliceIndex) > {start}",
+        timeout=TIMEOUT_MS,
+    )
+    phone.assert_clean_console()
+
+
+def test_readme_screenshot(desktop: Session, server: Server) -> None:
+    """A demo-like desktop view for the README: docs/screenshot.png."""
+    page = desktop.page
+    viewport = open_study(page, server, text="DEMO")
+    expect(page.locator("#ov-progress")).to_be_hidden(timeout=60_000)
+    expect(page.locator(".series-item img")).to_have_count(3)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.series-item img')].every((i) => i.complete)"
+    )
+    page.mouse.move(*centre_of(viewport))
+    page.mouse.wheel(0, 100)
+    page.mouse.wheel(0, 100)
+    expect(viewport).to_have_attribute("data-state", "ready")
+    page.mouse.move(5, 5)
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "screenshot.png"))
+    assert (DOCS / "screenshot.png").stat().st_size > 20_000
+    desktop.assert_clean_console()

@@ -1,0 +1,262 @@
+"""The HTTP contract through the Flask test client: JSON API, DICOMweb, sign-in, errors."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+
+from viewer import create_app
+from viewer.access import create_login_link, create_token
+from viewer.config import load_config
+
+from .conftest import make_env
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """One app and one import of the GE series for the whole module (import is the slow part)."""
+    application = create_app(load_config(make_env(tmp_path_factory.mktemp("http") / "data")))
+    yield application
+    application.extensions["viewer"].engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def services(app: Flask):  # type: ignore[no-untyped-def]
+    return app.extensions["viewer"]
+
+
+@pytest.fixture(scope="module")
+def auth(services) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    with services.sessions() as db:
+        token = create_token(db, "tests", "admin")
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def ge(services, corpus: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    summary = services.importer.import_paths([corpus / "ge-t1-mprage"])
+    assert summary.counts["imported"] == 130
+    first = pydicom.dcmread(next((corpus / "ge-t1-mprage").glob("*.MRDC.*")))
+    return {"study": first.StudyInstanceUID, "series": first.SeriesInstanceUID}
+
+
+def png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def series_json(client: FlaskClient, auth: dict[str, str], ge: dict[str, str]) -> dict:
+    response = client.get(f"/api/studies/{ge['study']}/series/{ge['series']}", headers=auth)
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def test_study_list_and_study_json(client: FlaskClient, auth: dict[str, str], ge) -> None:  # type: ignore[no-untyped-def]
+    studies = client.get("/api/studies", headers=auth).get_json()["studies"]
+    assert ge["study"] in [s["study_uid"] for s in studies]
+    entry = next(s for s in studies if s["study_uid"] == ge["study"])
+    assert entry["instance_count"] == 130
+    assert entry["modalities"] == "MR"
+    study = client.get(f"/api/studies/{ge['study']}", headers=auth).get_json()
+    assert study["series"][0]["instance_count"] == 130
+    thumb = client.get(study["series"][0]["thumbnail_url"], headers=auth)
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.data)).size) == 128
+
+
+def test_series_stacks_are_in_anatomical_order(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    data = series_json(client, auth, ge)
+    (stack,) = data["stacks"]
+    positions = [s["position_mm"] for s in stack["slices"]]
+    assert len(positions) == 130
+    assert positions == sorted(positions)
+    assert stack["spacing_mm"] == pytest.approx(1.2, abs=0.01)
+    assert stack["windows"]["header"] == {"center": 3010.0, "width": 6020.0}
+    assert stack["windows"]["auto"]["width"] > 0
+
+
+def test_rendered_frame_png_equals_the_pipeline(client: FlaskClient, auth, ge, corpus) -> None:  # type: ignore[no-untyped-def]
+    slice_ = series_json(client, auth, ge)["stacks"][0]["slices"][60]
+    response = client.get(slice_["url"] + "?window=600,1200&accept=image/png", headers=auth)
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    assert "private" in response.headers["Cache-Control"]
+    path = next(
+        p for p in (corpus / "ge-t1-mprage").glob("*.MRDC.*")
+        if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == slice_["sop_uid"]
+    )
+    values = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    expected = np.clip(np.floor(((values - 599.5) / 1199 + 0.5) * 255 + 0.5), 0, 255)
+    assert np.abs(png(response.data).astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["window=600%2C1200%2Clinear", "window=600,1200", "window=600,1200,SIGMOID",
+     "viewport=128,128", "viewport=64,64,10,10,100,-100", "quality=50&accept=image/jpeg",
+     "accept=image/gif", "annotation=patient,technique&window=1,2", "charset=UTF-8"],
+)
+def test_rendered_parameters_accepted(client: FlaskClient, auth, ge, query: str) -> None:  # type: ignore[no-untyped-def]
+    url = series_json(client, auth, ge)["stacks"][0]["slices"][0]["url"]
+    response = client.get(f"{url}?{query}", headers=auth)
+    assert response.status_code == 200, response.data
+    assert response.mimetype.startswith("image/")
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("window=abc,1", "not a number"),
+        ("window=1", "center,width"),
+        ("window=1,0", "width"),
+        ("window=1,100,cubic", "function"),
+        ("viewport=0,10", "vw"),
+        ("viewport=10,10,1,2,3", "vw,vh"),
+        ("viewport=10,10,1,1,0,5", "must not be zero"),
+        ("viewport=10,10,9000,9000,5,5", "outside the image"),
+        ("quality=101", "quality"),
+        ("accept=image/webp", "not supported"),
+        ("annotation=everything", "annotation"),
+        ("colour=red", "unsupported parameter"),
+    ],
+)
+def test_bad_rendered_parameters_are_400_with_reason(
+    client: FlaskClient, auth, ge, query: str, reason: str  # type: ignore[no-untyped-def]
+) -> None:
+    url = series_json(client, auth, ge)["stacks"][0]["slices"][0]["url"]
+    response = client.get(f"{url}?{query}", headers=auth)
+    assert response.status_code in (400, 422)
+    assert reason in response.get_json()["error"]
+
+
+def test_accept_header_negotiation(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    url = series_json(client, auth, ge)["stacks"][0]["slices"][0]["url"]
+    assert client.get(url, headers=auth).mimetype == "image/jpeg"
+    assert client.get(url, headers={**auth, "Accept": "image/png"}).mimetype == "image/png"
+    browser = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
+    assert client.get(url, headers={**auth, "Accept": browser}).status_code == 200
+    refused = client.get(url, headers={**auth, "Accept": "image/webp"})
+    assert refused.status_code == 406
+
+
+def test_etag_revalidation_is_304(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    url = series_json(client, auth, ge)["stacks"][0]["slices"][5]["url"] + "?window=1,2"
+    first = client.get(url, headers=auth)
+    again = client.get(url, headers={**auth, "If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+    other = client.get(url.replace("1,2", "1,3"), headers=auth)
+    assert other.headers["ETag"] != first.headers["ETag"]
+
+
+def test_series_rendered_is_multipart_in_slice_order(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(
+        f"/dicom-web/studies/{ge['study']}/series/{ge['series']}/rendered?viewport=32,32",
+        headers={**auth, "Accept": 'multipart/related; type="image/png"'},
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith('multipart/related; type="image/png"')
+    assert response.data.count(b"Content-Type: image/png") == 130
+
+
+def test_qido_search(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    found = client.get("/dicom-web/studies?PatientID=dicom", headers=auth)
+    assert found.status_code == 200
+    assert found.mimetype == "application/dicom+json"
+    study = found.get_json()[0]
+    assert study["0020000D"]["Value"] == [ge["study"]]
+    assert study["00100020"]["Value"] == ["dicom"]
+    assert study["00100010"]["vr"] == "PN"
+    assert study["00201208"]["Value"] == [130]
+    for query in ("00100020=dicom", "StudyDate=20200101-20201231", "ModalitiesInStudy=MR",
+                  f"StudyInstanceUID={ge['study']}", "PatientID=dic*"):
+        assert client.get(f"/dicom-web/studies?{query}", headers=auth).status_code == 200
+    for query in ("PatientID=nobody", "StudyDate=20300101-", "ModalitiesInStudy=CT"):
+        assert client.get(f"/dicom-web/studies?{query}", headers=auth).status_code == 204
+    assert client.get("/dicom-web/studies?StudyDate=yesterday", headers=auth).status_code == 400
+    series = client.get(f"/dicom-web/studies/{ge['study']}/series", headers=auth).get_json()
+    assert series[0]["0020000E"]["Value"] == [ge["series"]]
+    page = client.get(
+        f"/dicom-web/studies/{ge['study']}/series/{ge['series']}/instances?limit=10&offset=5",
+        headers=auth,
+    ).get_json()
+    assert len(page) == 10
+
+
+def test_no_open_data(client: FlaskClient, ge) -> None:  # type: ignore[no-untyped-def]
+    for url in ("/api/studies", f"/api/studies/{ge['study']}", "/dicom-web/studies",
+                f"/dicom-web/studies/{ge['study']}/thumbnail"):
+        response = client.get(url)
+        assert response.status_code == 401
+        assert response.get_json()["error"]
+    assert client.get("/", follow_redirects=False).status_code == 302
+    assert client.get("/api/studies", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_unknown_study_is_404(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/api/studies/1.2.3.4", headers=auth).status_code == 404
+    response = client.get(f"/dicom-web/studies/{ge['study']}/series/1.2.3/rendered", headers=auth)
+    assert response.status_code == 404
+
+
+def test_undecodable_image_is_422(client: FlaskClient, auth, services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    data = bytearray(ds.PixelData)
+    data[200:2000] = b"\x00" * 1800
+    ds.PixelData = bytes(data)
+    path = tmp_path / "broken.dcm"
+    ds.save_as(path)
+    assert services.importer.import_paths([path]).counts["imported"] == 1
+    url = (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+           f"/instances/{ds.SOPInstanceUID}/rendered")
+    response = client.get(url, headers=auth)
+    assert response.status_code == 422
+    assert "decode" in response.get_json()["error"]
+
+
+def test_login_link_is_single_use_and_pages_work(client: FlaskClient, services, ge) -> None:  # type: ignore[no-untyped-def]
+    with services.sessions() as db:
+        secret = create_login_link(db, "demo")
+    response = client.get(f"/login/{secret}")
+    assert response.status_code == 302
+    page = client.get("/")
+    assert page.status_code == 200
+    assert b"dicom" in page.data
+    study = client.get(f"/studies/{ge['study']}")
+    assert study.status_code == 200
+    assert b"data-api-url" in study.data
+    assert client.get("/api/studies").status_code == 200
+    client.post("/signout")
+    assert client.get("/api/studies").status_code == 401
+    reused = client.get(f"/login/{secret}")
+    assert reused.status_code == 400
+    assert b"not valid" in reused.data
+    assert reused.mimetype == "text/html"
+
+
+def test_security_headers_everywhere(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    for url in ("/signin", "/api/studies", "/nothing-here"):
+        response = client.get(url, headers=auth)
+        csp = response.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "private" in response.headers["Cache-Control"] or "no-store" in response.headers[
+            "Cache-Control"]
+
+
+def test_page_errors_are_friendly_html(client: FlaskClient) -> None:
+    response = client.get("/nothing-here", headers={"Accept": "text/html"})
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert b"Traceback" not in response.data
