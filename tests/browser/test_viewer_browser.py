@@ -5,6 +5,10 @@ One server and one browser per module: the fixture imports the real MRI series
 into a temporary data folder with the CLI, signs in with a one-time link and
 starts gunicorn on a free port. Every test waits for conditions with timeouts;
 nothing sleeps to pass.
+
+Screenshots of the last run go to tests/artifacts/; docs/screenshot.png (the
+README's) is written when missing or with VIEWER_UPDATE_SCREENSHOT=1.
+Chromium: VIEWER_TEST_CHROMIUM, else chromium on PATH.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+ARTIFACTS = ROOT / "tests" / "artifacts"  # git-ignored: screenshots of the last run
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -71,27 +76,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_cli(env: dict[str, str], *args: str) -> str:
+    """``python -m viewer.cli ARGS`` against the test data folder; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "viewer.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"viewer.cli {args} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
 @dataclass
 class Server:
     base: str
     env: dict[str, str]
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "viewer.cli", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, f"viewer.cli {args} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
 
     def login_link(self) -> str:
-        return self.cli("login-link", "--base", self.base).strip().splitlines()[-1]
+        """A fresh one-time sign-in URL (printed as the CLI's last line)."""
+        return run_cli(self.env, "login-link", "--base", self.base).strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -109,19 +115,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "VIEWER_WORKERS": "2",
     }
     log = data / "gunicorn.log"
-    prep = Server(base=f"http://127.0.0.1:{port}", env=env, proc=None, log=log)  # type: ignore[arg-type]
-    prep.cli("import", str(corpus))
-    prep.cli("demo")
+    run_cli(env, "import", str(corpus))
+    run_cli(env, "demo")  # the synthetic brain study, for the README screenshot
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
-             "wsgi:app"],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "gunicorn.conf.py",
+                "-b",
+                f"127.0.0.1:{port}",
+                "wsgi:app",
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    srv = Server(base=prep.base, env=env, proc=proc, log=log)
+    srv = Server(base=f"http://127.0.0.1:{port}", env=env)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -169,31 +182,45 @@ class Session:
         assert not self.problems, "browser console errors:\n" + "\n".join(self.problems)
 
 
-def open_session(browser: Any, server: Server, **options: Any) -> Session:
-    context = browser.new_context(**options)
+@pytest.fixture(scope="module")
+def signed_in(browser: Any, server: Server) -> dict[str, Any]:
+    """Cookies of a browser that opened a one-time sign-in link (shared by the tests)."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server.login_link())
+    expect(page.locator(".study-link").first).to_be_visible(timeout=TIMEOUT_MS)
+    state = context.storage_state()
+    context.close()
+    return state
+
+
+def open_session(browser: Any, state: dict[str, Any], **options: Any) -> Session:
+    context = browser.new_context(storage_state=state, **options)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     session = Session(context, page)
     page.on(
         "console",
-        lambda m: session.problems.append(f"console.{m.type}: {m.text}")
-        if m.type in ("error", "warning") else None,
+        lambda m: (
+            session.problems.append(f"console.{m.type}: {m.text}")
+            if m.type in ("error", "warning")
+            else None
+        ),
     )
     page.on("pageerror", lambda e: session.problems.append(f"page error: {e}"))
-    page.goto(server.login_link())
     return session
 
 
 @pytest.fixture
-def desktop(browser: Any, server: Server) -> Iterator[Session]:
-    session = open_session(browser, server, **DESKTOP)
+def desktop(browser: Any, signed_in: dict[str, Any]) -> Iterator[Session]:
+    session = open_session(browser, signed_in, **DESKTOP)
     yield session
     session.context.close()
 
 
 @pytest.fixture
-def phone(browser: Any, server: Server) -> Iterator[Session]:
-    session = open_session(browser, server, **PHONE)
+def phone(browser: Any, signed_in: dict[str, Any]) -> Iterator[Session]:
+    session = open_session(browser, signed_in, **PHONE)
     yield session
     session.context.close()
 
@@ -283,6 +310,31 @@ def test_right_drag_changes_window_level(desktop: Session, server: Server) -> No
     desktop.assert_clean_console()
 
 
+def test_zoom_invert_and_reset(desktop: Session, server: Server) -> None:
+    page = desktop.page
+    viewport = open_study(page, server)
+    before = canvas_pixels(page)
+    page.mouse.move(*centre_of(viewport))
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -100)
+    page.mouse.wheel(0, -100)
+    page.keyboard.up("Control")
+    page.wait_for_function(
+        "() => Number(document.getElementById('viewport').dataset.zoom) > 1.2",
+        timeout=TIMEOUT_MS,
+    )
+    zoomed = wait_pixels_change(page, before)
+    page.locator("#invert-button").click()
+    expect(viewport).to_have_attribute("data-invert", "true")
+    expect(page.locator("#invert-button")).to_have_attribute("aria-pressed", "true")
+    wait_pixels_change(page, zoomed)
+    page.locator("[data-action=reset]").click()
+    expect(viewport).to_have_attribute("data-zoom", "1")
+    expect(viewport).to_have_attribute("data-invert", "false")
+    expect(page.locator("#ov-zoom")).to_have_text("Zoom 100%")
+    desktop.assert_clean_console()
+
+
 def test_keyboard_moves_through_the_stack(desktop: Session, server: Server) -> None:
     page = desktop.page
     viewport = open_study(page, server)
@@ -337,8 +389,10 @@ def test_phone_layout_and_pinch_zoom(phone: Session, server: Server) -> None:
     def touch(kind: str, points: list[tuple[float, float]]) -> None:
         cdp.send(
             "Input.dispatchTouchEvent",
-            {"type": kind, "touchPoints": [{"x": px, "y": py, "id": i}
-                                           for i, (px, py) in enumerate(points)]},
+            {
+                "type": kind,
+                "touchPoints": [{"x": px, "y": py, "id": i} for i, (px, py) in enumerate(points)],
+            },
         )
 
     touch("touchStart", [(x - 30, y), (x + 30, y)])
@@ -361,6 +415,8 @@ def test_phone_layout_and_pinch_zoom(phone: Session, server: Server) -> None:
         f"() => Number(document.getElementById('viewport').dataset.sliceIndex) > {start}",
         timeout=TIMEOUT_MS,
     )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "phone.png"))
     phone.assert_clean_console()
 
 
@@ -369,16 +425,24 @@ def test_readme_screenshot(desktop: Session, server: Server) -> None:
     page = desktop.page
     viewport = open_study(page, server, text="DEMO")
     expect(page.locator("#ov-progress")).to_be_hidden(timeout=60_000)
-    expect(page.locator(".series-item img")).to_have_count(3)
+    # Every thumbnail in the strip has loaded (a failed one is replaced by a label).
+    expect(page.locator(".series-thumb.is-missing")).to_have_count(0)
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.series-item img')].every((i) => i.complete)"
+        "() => [...document.querySelectorAll('.series-item img')]"
+        ".every((i) => i.complete && i.naturalWidth > 0)"
     )
     page.mouse.move(*centre_of(viewport))
     page.mouse.wheel(0, 100)
     page.mouse.wheel(0, 100)
     expect(viewport).to_have_attribute("data-state", "ready")
     page.mouse.move(5, 5)
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "screenshot.png"))
-    assert (DOCS / "screenshot.png").stat().st_size > 20_000
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = page.screenshot(path=str(ARTIFACTS / "desktop.png"))
+    assert len(shot) > 20_000
+    # The README's picture: written when missing, or on request, so that a
+    # test run does not leave a changed binary in the work tree every time.
+    target = DOCS / "screenshot.png"
+    if not target.exists() or os.environ.get("VIEWER_UPDATE_SCREENSHOT"):
+        DOCS.mkdir(exist_ok=True)
+        target.write_bytes(shot)
     desktop.assert_clean_console()

@@ -208,10 +208,23 @@ export function bindPointer(vp, el, opts) {
     e.preventDefault();
     vp.fit();
   });
-  // Safari: keep its own pinch-zoom of the page off the image.
-  for (const type of ['gesturestart', 'gesturechange']) {
-    el.addEventListener(type, (e) => e.preventDefault());
-  }
+  // Safari: keep its own page zoom off the image. On a Mac trackpad, Safari
+  // reports pinch only as (non-standard) gesture events with a scale; on
+  // touch screens the pointer events above already handle it.
+  let gestureScale = 1;
+  el.addEventListener('gesturestart', (e) => {
+    e.preventDefault();
+    gestureScale = 1;
+  });
+  el.addEventListener('gesturechange', (e) => {
+    e.preventDefault();
+    const ge = /** @type {Event & {scale?: number, clientX?: number, clientY?: number}} */ (e);
+    if (pointers.size || !ge.scale) return;
+    const r = el.getBoundingClientRect();
+    vp.zoomBy(ge.scale / gestureScale, (ge.clientX ?? r.left + r.width / 2) - r.left,
+      (ge.clientY ?? r.top + r.height / 2) - r.top);
+    gestureScale = ge.scale;
+  });
 
   let wheelAcc = 0;
   el.addEventListener('wheel', (e) => {

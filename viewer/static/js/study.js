@@ -127,6 +127,7 @@ function render() {
     /** @type {HTMLButtonElement} */ (b).disabled = !wl;
   }
   playButton.toggleAttribute('disabled', n < 2);
+  if (!wl && st && tool === 'wl') setTool('scroll');
 }
 
 /* ------------------------------------------------------------- series */

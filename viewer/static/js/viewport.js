@@ -24,8 +24,22 @@ import { num, renderedUrl } from './api.js';
 const MIN_ZOOM = 0.25;
 const MAX_ZOOM = 32;
 const NEIGHBOURS = 4;
-const CACHE_BYTES = 256 * 1024 * 1024;
+/** Decoded-image budget: smaller on phones and tablets. */
+const CACHE_BYTES = (window.matchMedia('(pointer: coarse)').matches ? 160 : 320) * 1024 * 1024;
 const PREFETCH_SHARE = 0.7;
+
+/**
+ * How far a cached image's window is from the wanted one, in [0, 1): while
+ * dragging W/L the closest preview is the best stand-in.
+ * @param {string} key "center,width" or "default"
+ * @param {Win | null} win
+ */
+function windowDistance(key, win) {
+  const [c, w] = key.split(',').map(Number);
+  if (!win || !Number.isFinite(c) || !Number.isFinite(w)) return 0.99;
+  const d = (Math.abs(c - win.center) + Math.abs(w - win.width)) / Math.max(1, win.width);
+  return d / (1 + d);
+}
 
 /** @param {number} v @param {number} lo @param {number} hi */
 export const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
@@ -85,6 +99,8 @@ export class Viewport {
     /** @type {number[]} slices the prefetch should end up with */
     this.prefetchSet = [];
     this.loadingMessage = 'Loading series…';
+    /** when the view started waiting for its image (0 = not waiting) */
+    this.waitingSince = 0;
 
     new ResizeObserver(() => this.measure()).observe(root);
     this.measure();
@@ -341,8 +357,8 @@ export class Viewport {
     const [ax, ay] = this.aspect;
     const s = this.scale;
     let out = Math.min(1, Math.max(ax, ay) * s * this.dpr);
-    // Quantise to half-octaves so small zoom steps reuse cached images.
-    if (out < 1) out = Math.min(1, 2 ** (Math.ceil(Math.log2(out) * 2) / 2));
+    // Quantise to quarter-octaves so small zoom steps reuse cached images.
+    if (out < 1) out = Math.min(1, 2 ** (Math.ceil(Math.log2(out) * 4) / 4));
     const halfW = this.cssW / 2 / (ax * s);
     const halfH = this.cssH / 2 / (ay * s);
     const vx0 = clamp(this.cx - halfW, 0, cols);
@@ -424,13 +440,18 @@ export class Viewport {
     const n = st.slices.length;
     /** @type {(ImageRequest | null)[]} */
     const list = [];
-    const fast = this.interacting || this.playing;
-    list.push(fast ? this.quickRequest(this.index, 0) : this.requestFor(this.index, 'png', 0));
     if (this.interacting) {
-      this.loader.want(/** @type {ImageRequest[]} */ (list.filter(Boolean)));
+      // One preview in flight at a time: keep it (never abort it for a newer
+      // window, or a continuous drag would starve), and ask for the latest
+      // window when it lands.
+      const slice = st.slices[this.index];
+      const pending = [...this.loader.inflight.values()].map((j) => j.req).filter((r) => r.slice === slice.url);
+      const next = this.quickRequest(this.index, 0);
+      this.loader.want(pending.length ? pending : next ? [next] : []);
       this.countProgress([]);
       return;
     }
+    list.push(this.playing ? this.quickRequest(this.index, 0) : this.requestFor(this.index, 'png', 0));
     if (this.playing) {
       for (let k = 1; k <= 6 && k < n; k++) list.push(this.quickRequest((this.index + k) % n, 1));
     }
@@ -461,6 +482,7 @@ export class Viewport {
 
   /** @param {CacheEntry} entry */
   onImageLoaded(entry) {
+    if (this.interacting) this.updateWanted();
     if (entry.lossless && this.progress.done < this.progress.total) this.countProgress(this.prefetchSet);
     this.scheduleDraw();
   }
@@ -517,7 +539,8 @@ export class Viewport {
   pick() {
     const slice = this.slice;
     if (!slice) return null;
-    const wkey = Viewport.windowKey(this.windowFor());
+    const win = this.windowFor();
+    const wkey = Viewport.windowKey(win);
     const res = this.plan?.res;
     let best = null;
     let bestScore = Infinity;
@@ -525,7 +548,7 @@ export class Viewport {
       let score;
       if (e.window === wkey && e.res === res) score = e.lossless ? 0 : 1;
       else if (e.window === wkey) score = 2 + (e.lossless ? 0 : 0.5) - e.region.w * 1e-6;
-      else score = 4 + (e.lossless ? 0 : 0.5);
+      else score = 4 + windowDistance(e.window, win);
       if (score < bestScore) {
         bestScore = score;
         best = e;
@@ -551,8 +574,12 @@ export class Viewport {
       const failure = this.currentFailure();
       const failed = !!failure && !(picked && picked.entry.window === Viewport.windowKey(this.windowFor()));
       // On failure, show the message over an empty view, not another slice.
-      const entry = picked ? picked.entry : failed ? null : this.lastDrawn;
+      const last = this.lastDrawn && this.cache.entries.get(this.lastDrawn.key) === this.lastDrawn
+        ? this.lastDrawn : null; // evicted bitmaps are closed and cannot be drawn
+      const entry = picked ? picked.entry : failed ? null : last;
       if (entry) {
+        const under = this.underlay(entry);
+        if (under) this.paint(under);
         this.paint(entry);
         this.lastDrawn = entry;
       }
@@ -570,13 +597,37 @@ export class Viewport {
     } else if (this.fatal) {
       state = 'error';
     }
-    this.ui.busy.hidden = state !== 'loading' || showStatus || !this.stack;
+    // A small spinner over a stale image, only when loading takes a while.
+    const waiting = state === 'loading' && !showStatus && !!this.stack && !this.interacting;
+    if (!waiting) this.waitingSince = 0;
+    else if (!this.waitingSince) {
+      this.waitingSince = performance.now();
+      setTimeout(() => this.scheduleDraw(), 400);
+    }
+    this.ui.busy.hidden = !waiting || performance.now() - this.waitingSince < 350;
     this.ui.status.hidden = !showStatus;
     this.ui.status.classList.toggle('is-error', error);
-    this.ui.statusText.textContent = message;
+    if (this.ui.statusText.textContent !== message) this.ui.statusText.textContent = message;
     this.ui.retry.hidden = !error || !this.stack;
     this.state = state;
     this.publish();
+  }
+
+  /**
+   * When the image to draw is only a region (zoomed in), a whole-image
+   * version of the same slice to draw under it, so panning shows no gaps.
+   * @param {CacheEntry} entry
+   * @returns {CacheEntry | null}
+   */
+  underlay(entry) {
+    const st = this.stack;
+    if (!st || (entry.region.w >= st.columns && entry.region.h >= st.rows)) return null;
+    let best = null;
+    for (const e of this.cache.forSlice(entry.slice)) {
+      if (e.region.w < st.columns || e.region.h < st.rows) continue;
+      if (!best || (e.window === entry.window && best.window !== entry.window)) best = e;
+    }
+    return best;
   }
 
   /** @returns {string | undefined} error text if the current slice failed */
