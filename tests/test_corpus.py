@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,7 @@ def test_ge_series_named_out_of_order_comes_out_in_anatomical_order(corpus: Path
     orientation = np.array(ordered[0].orientation)
     normal = np.cross(orientation[:3], orientation[3:])
     distances = [float(np.dot(normal, s.position)) for s in ordered]  # type: ignore[arg-type]
-    assert all(b > a for a, b in zip(distances, distances[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(distances))
     assert stack.spacing_mm == pytest.approx(1.2, abs=0.01)
     assert [s.file_hash for s in ordered] != [p.name for p in paths]
     assert stack.label.startswith("Axial 256")

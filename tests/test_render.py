@@ -67,7 +67,7 @@ RAMP = np.arange(-2048, 4096, dtype=np.float32).reshape(64, 96)
 @pytest.mark.parametrize(("c", "w"), [(40, 400), (1000, 2000), (0.5, 1.5), (-100, 37), (3000, 1)])
 def test_linear_window_matches_ps33(c: float, w: float) -> None:
     if w == 1:
-        expected = np.where(RAMP > c - 0.5, 255, 0)
+        expected = np.where(c - 0.5 < RAMP, 255, 0)
         assert np.array_equal(apply_window(RAMP, Window(c, w)), expected)
         return
     agree(apply_window(RAMP, Window(c, w)), expected_linear(RAMP, c, w))

@@ -154,7 +154,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         (data_dir / "objects").mkdir(exist_ok=True)
         (data_dir / "tmp").mkdir(exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"VIEWER_DATA_DIR={str(data_dir)!r}: cannot create it ({exc.strerror})")
+        raise ConfigError(
+            f"VIEWER_DATA_DIR={str(data_dir)!r}: cannot create it ({exc.strerror})"
+        ) from None
     if not os.access(data_dir, os.W_OK):
         raise ConfigError(f"VIEWER_DATA_DIR={str(data_dir)!r}: not writable")
     database_url = values["VIEWER_DATABASE_URL"] or f"sqlite:///{data_dir / 'index.sqlite3'}"

@@ -342,11 +342,16 @@ def _multipart(items: list[tuple[str, int]], params: rendered_params.RenderParam
                labels: dict[str, list[str]]) -> Response:
     """Many frames as multipart/related, rendered one by one while streaming."""
     boundary = uuid.uuid4().hex
+    if not items:
+        raise NotFound("there are no images here")
+    # The first part is rendered before the answer starts, so a frame that
+    # cannot be decoded is still a 422, not an empty 200.
+    first = _image(items[0][0], items[0][1], params, labels)
 
     def parts() -> Iterator[bytes]:
-        for file_hash, number in items:
+        for position, (file_hash, number) in enumerate(items):
             try:
-                body = _image(file_hash, number, params, labels)
+                body = first if position == 0 else _image(file_hash, number, params, labels)
             except RenderError as exc:
                 log.warning("frame %s/%d left out of a multipart answer: %s", file_hash,
                             number, exc)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 
 ENHANCED_MACROS = {
     "position": ("PlanePositionSequence", "ImagePositionPatient"),
@@ -70,14 +71,14 @@ def _lookup(ds: Dataset, index: int, macro: str, keyword: str) -> object:
     """Per-frame value if present, else the shared one, else the top-level one."""
     groups = []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and 0 <= index < len(per_frame):
+    if isinstance(per_frame, Sequence) and 0 <= index < len(per_frame):
         groups.append(per_frame[index])
     shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
+    if isinstance(shared, Sequence) and shared:
         groups.append(shared[0])
     for group in groups:
         sequence = group.get(macro)
-        if sequence:
+        if isinstance(sequence, Sequence) and sequence:
             value = sequence[0].get(keyword)
             if value is not None:
                 return value
@@ -126,3 +127,46 @@ def text(ds: Dataset, keyword: str, limit: int = 64) -> str:
     if isinstance(value, MultiValue):
         value = "\\".join(str(v) for v in value)
     return str(value).strip().replace("\x00", "")[:limit]
+
+
+JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # + JPEG-LS SOF55
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def codestream_size(data: bytes) -> tuple[int, int] | None:
+    """(rows, columns) that a JPEG, JPEG-LS or JPEG 2000 codestream declares.
+
+    Decoders allocate what the codestream says, not what Rows/Columns say, so
+    a frame of a few bytes can claim 65535x65535 pixels. None when ``data`` is
+    not one of these codestreams or its header cannot be found.
+    """
+    if data.startswith(JP2_SIGNATURE):  # a JP2 file: the codestream is in the jp2c box
+        offset = 12
+        while offset + 8 <= len(data) and data[offset + 4 : offset + 8] != b"jp2c":
+            length = int.from_bytes(data[offset : offset + 4], "big")
+            if length < 8:
+                return None
+            offset += length
+        data = data[offset + 8 :]
+    if data[:4] == b"\xff\x4f\xff\x51" and len(data) >= 24:  # SOC then SIZ (15444-1 A.5.1)
+        width, height = (int.from_bytes(data[i : i + 4], "big") for i in (8, 12))
+        x_offset, y_offset = (int.from_bytes(data[i : i + 4], "big") for i in (16, 20))
+        return max(height - y_offset, 0), max(width - x_offset, 0)
+    if data[:2] != b"\xff\xd8":
+        return None
+    offset = 2  # after SOI: walk the marker segments up to the frame header (SOFn)
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+        elif marker in JPEG_SOF_MARKERS:
+            if offset + 9 > len(data):
+                return None
+            rows = int.from_bytes(data[offset + 5 : offset + 7], "big")
+            columns = int.from_bytes(data[offset + 7 : offset + 9], "big")
+            return (rows, columns) if rows else None  # 0 rows: defined later by DNL
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+            offset += 2
+        else:
+            offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return None

@@ -10,29 +10,58 @@ from __future__ import annotations
 
 import gzip
 import logging
+import lzma
 import re
+import struct
 import tarfile
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from viewer.db import Frame, Instance, Patient, Series, Study
-from viewer.headers import frame_header, number_of_frames, text
-from viewer.storage import ObjectStore, TooLarge, read_chunks
+from viewer.headers import codestream_size, frame_header, number_of_frames, text
+from viewer.storage import CHUNK, ObjectStore, TooLarge, read_chunks
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 log = logging.getLogger(__name__)
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+BITS_ALLOCATED = (1, 8, 16, 32)
+MAX_SEQUENCE_DEPTH = 64
+# Sequences the viewer reads: one written with another VR would break rendering.
+READ_SEQUENCES = (
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+    "PerFrameFunctionalGroupsSequence",
+    "SharedFunctionalGroupsSequence",
+)
+TOO_DEEP = f"sequences are nested more than {MAX_SEQUENCE_DEPTH} levels deep"
+# What reading a broken archive or compressed stream raises (NotImplementedError,
+# for an unsupported zip compression, is a RuntimeError).
+ARCHIVE_ERRORS = (
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    RuntimeError,
+    zlib.error,
+    lzma.LZMAError,
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +121,8 @@ def _zip_sources(path: Path) -> Iterator[Source]:
     try:
         archive = zipfile.ZipFile(path)
         members = [m for m in archive.infolist() if not m.is_dir()]
-    except (zipfile.BadZipFile, OSError) as exc:
-        yield Source(str(path), _refuse(f"not a readable zip archive ({exc})"))
+    except ARCHIVE_ERRORS as exc:
+        yield Source(str(path), _refuse(f"not a readable zip archive ({_short(exc)})"))
         return
 
     def opener(member: zipfile.ZipInfo) -> Callable[[], Iterator[bytes]]:
@@ -109,10 +138,10 @@ def _zip_sources(path: Path) -> Iterator[Source]:
 
 def _tar_sources(path: Path) -> Iterator[Source]:
     try:
-        archive = tarfile.open(path)
+        archive = tarfile.open(path)  # noqa: SIM115 - stays open: members are read lazily
         members = [m for m in archive.getmembers() if m.isfile()]
-    except (tarfile.TarError, OSError) as exc:
-        yield Source(str(path), _refuse(f"not a readable tar archive ({exc})"))
+    except ARCHIVE_ERRORS as exc:
+        yield Source(str(path), _refuse(f"not a readable tar archive ({_short(exc)})"))
         return
 
     def opener(member: tarfile.TarInfo) -> Callable[[], Iterator[bytes]]:
@@ -161,21 +190,87 @@ def collect_sources(paths: Iterable[Path]) -> list[Source]:
     return sources
 
 
-def _read_header(path: Path) -> Dataset:
+def _read_header(path: Path, limits: Limits) -> Dataset:
     """Parse everything but bulk data: pixel data stays on disk (deferred)."""
+    _check_deflated(path, limits.max_file_bytes)
     try:
-        return pydicom.dcmread(path, defer_size=4096)
+        ds = _dcmread(path, force=False)
     except InvalidDicomError:
-        pass
-    except Exception as exc:
-        raise Refused(f"not a readable DICOM file ({_short(exc)})") from None
-    try:
-        ds = pydicom.dcmread(path, defer_size=4096, force=True)
-    except Exception as exc:
-        raise Refused(f"not a readable DICOM file ({_short(exc)})") from None
-    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-        raise Refused("not a DICOM file (no DICM preamble and no SOP identifiers)")
+        ds = _dcmread(path, force=True)
+        if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+            raise Refused("not a DICOM file (no DICM preamble and no SOP identifiers)") from None
+    _check_complete(ds, path.stat().st_size)
     return ds
+
+
+def _dcmread(path: Path, force: bool) -> Dataset:
+    try:
+        return pydicom.dcmread(path, defer_size=4096, force=force)
+    except InvalidDicomError:
+        if force:
+            raise Refused("not a DICOM file") from None
+        raise
+    except RecursionError:
+        raise Refused(TOO_DEEP) from None
+    except Exception as exc:
+        raise Refused(f"not a readable DICOM file ({_short(exc)})") from None
+
+
+def _check_deflated(path: Path, limit: int) -> None:
+    """pydicom inflates a deflated data set whole, in memory: refuse a deflate bomb first."""
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:
+        return  # not a Part 10 file, so not deflated; dcmread decides the rest
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    group_length = meta.get("FileMetaInformationGroupLength")
+    if not isinstance(group_length, int):
+        raise Refused("deflated file without a File Meta Information Group Length")
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    with path.open("rb") as handle:
+        handle.seek(128 + 4 + 12 + group_length)
+        try:
+            for chunk in read_chunks(handle):
+                while chunk:
+                    size += len(inflater.decompress(chunk, CHUNK))
+                    if size > limit:
+                        raise Refused(
+                            f"the deflated data set inflates to more than the "
+                            f"{_size(limit)} limit (VIEWER_MAX_FILE_MB)"
+                        )
+                    chunk = inflater.unconsumed_tail
+        except zlib.error as exc:
+            raise Refused(f"not a readable DICOM file (corrupt deflated data: {exc})") from None
+
+
+def _raw_elements(dataset: Dataset) -> Iterator[DataElement | RawDataElement]:
+    """The elements as read: unlike ``Dataset.elements``, deferred values stay on disk."""
+    for tag in list(dataset.keys()):
+        yield dataset.get_item(tag, keep_deferred=True)
+
+
+def _check_complete(ds: Dataset, size: int) -> None:
+    """Refuse a truncated file: pydicom silently reads less than an element's length."""
+    if len(ds) == 0:
+        raise Refused("the file is truncated: nothing follows the file meta information")
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        datasets = [meta]  # positions in the data set are in the inflated stream
+    else:
+        datasets = [meta or Dataset(), ds]
+    for dataset in datasets:
+        for element in _raw_elements(dataset):
+            tell = getattr(element, "value_tell", None)
+            length = getattr(element, "length", None)
+            if tell is None or length is None or length == 0xFFFFFFFF:
+                continue
+            if tell + length > size:
+                raise Refused(
+                    f"the file is truncated: element {element.tag} claims {length} bytes, "
+                    f"only {max(size - tell, 0)} are left"
+                )
 
 
 def _short(exc: Exception) -> str:
@@ -192,12 +287,59 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return value
 
 
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def _frames(ds: Dataset) -> int:
+    """NumberOfFrames; absent or empty is one frame, anything but a whole number >= 1 is refused."""
+    try:
+        value = ds.get("NumberOfFrames")
+    except Exception:
+        value = "?"
+    if value is None or str(value).strip() == "":
+        return 1
+    raw = str(value).strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise Refused(f"NumberOfFrames {raw[:20]!r} is not a whole number of 1 or more")
+    return int(raw)
+
+
+def _check_sequences(ds: Dataset) -> None:
+    """Refuse sequences nested too deep (walked without recursion) or read ones with a wrong VR."""
+    pending: list[tuple[Dataset, int]] = [(ds, 0)]
+    while pending:
+        dataset, depth = pending.pop()
+        for element in _raw_elements(dataset):
+            vr = element.VR
+            if vr is None:  # implicit VR, not converted yet
+                try:
+                    vr = dictionary_VR(element.tag)
+                except KeyError:
+                    continue
+            if vr != "SQ":
+                continue
+            if depth >= MAX_SEQUENCE_DEPTH:
+                raise Refused(TOO_DEEP)
+            try:
+                items = dataset[element.tag].value
+            except RecursionError:
+                raise Refused(TOO_DEEP) from None
+            except Exception:
+                continue  # a broken sequence the viewer never reads
+            if isinstance(items, Sequence):
+                pending.extend((item, depth + 1) for item in items)
+    for keyword in READ_SEQUENCES:
+        if keyword in ds and not isinstance(ds[keyword].value, Sequence):
+            raise Refused(f"{keyword} is not a sequence (VR {ds[keyword].VR})")
 
 
 def check(ds: Dataset, limits: Limits) -> None:
@@ -218,7 +360,14 @@ def check(ds: Dataset, limits: Limits) -> None:
             f"frame of {columns}x{rows} pixels is over the limit of "
             f"{limits.max_frame_pixels} pixels (VIEWER_MAX_FRAME_PIXELS)"
         )
-    frames = number_of_frames(ds)
+    bits = _int(ds, "BitsAllocated")
+    if bits not in BITS_ALLOCATED:
+        raise Refused(f"BitsAllocated {text(ds, 'BitsAllocated', 20)!r} is not 1, 8, 16 or 32")
+    samples = _int(ds, "SamplesPerPixel")
+    samples = 1 if samples is None else samples
+    if samples not in (1, 3):
+        raise Refused(f"SamplesPerPixel {samples} is not 1 or 3")
+    frames = _frames(ds)
     if frames > limits.max_frames:
         raise Refused(
             f"{frames} frames is over the limit of {limits.max_frames} (VIEWER_MAX_FRAMES)"
@@ -229,11 +378,38 @@ def check(ds: Dataset, limits: Limits) -> None:
     if length is None and element is not None and isinstance(element.value, bytes):
         length = len(element.value)
     if syntax in UNCOMPRESSED and length is not None and length != 0xFFFFFFFF:
-        bits = _int(ds, "BitsAllocated") or 16
-        samples = _int(ds, "SamplesPerPixel") or 1
         expected = (rows * columns * samples * frames * bits + 7) // 8
         if length < expected:
             raise Refused(f"pixel data is truncated ({length} bytes, {expected} expected)")
+    _check_sequences(ds)
+
+
+def check_codestreams(path: Path, ds: Dataset) -> None:
+    """Refuse encapsulated frames whose codestream disagrees with Rows/Columns.
+
+    A decoder allocates the size the codestream declares, so a frame of a few
+    bytes claiming 65535x65535 pixels would take gigabytes when rendered.
+    Each item is read whole (bounded by the file size limit), one at a time.
+    """
+    element = ds.get_item("PixelData", keep_deferred=True)
+    tell = getattr(element, "value_tell", None)
+    if element is None or tell is None or getattr(element, "length", None) != 0xFFFFFFFF:
+        return
+    expected = (_int(ds, "Rows") or 0, _int(ds, "Columns") or 0)
+    with path.open("rb") as handle:
+        handle.seek(tell)
+        first = True  # the Basic Offset Table
+        while len(header := handle.read(8)) == 8:
+            group, number, length = struct.unpack("<HHI", header)
+            if (group, number) != (0xFFFE, 0xE000):
+                break
+            fragment = handle.read(length)
+            if not first and (size := codestream_size(fragment)) and size != expected:
+                raise Refused(
+                    f"an encoded frame is {size[1]}x{size[0]} pixels but Rows/Columns "
+                    f"say {expected[1]}x{expected[0]}"
+                )
+            first = False
 
 
 def _get_or_create(session: Session, model: type, where: dict, values: dict):  # type: ignore[no-untyped-def]
@@ -324,13 +500,17 @@ class Importer:
         self.limits = limits
 
     def import_source(self, source: Source) -> Outcome:
+        limit = self.limits.max_file_bytes
+        too_large = f"larger than the {_size(limit)} limit (VIEWER_MAX_FILE_MB)"
         try:
-            if source.declared_size is not None and source.declared_size > self.limits.max_file_bytes:
-                raise TooLarge(f"larger than the {self.limits.max_file_bytes >> 20} MiB limit")
-            staged, digest, size = self.store.stage(source.open(), self.limits.max_file_bytes)
-        except (Refused, TooLarge) as exc:
+            if source.declared_size is not None and source.declared_size > limit:
+                raise TooLarge(too_large)
+            staged, digest, size = self.store.stage(source.open(), limit)
+        except TooLarge:
+            return Outcome(source.name, "refused", too_large)
+        except Refused as exc:
             return Outcome(source.name, "refused", str(exc))
-        except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, RuntimeError) as exc:
+        except ARCHIVE_ERRORS as exc:
             return Outcome(source.name, "refused", f"cannot read it ({_short(exc)})")
         try:
             return self._store_staged(source.name, staged, digest, size)
@@ -339,11 +519,12 @@ class Importer:
 
     def _store_staged(self, name: str, staged: Path, digest: str, size: int) -> Outcome:
         try:
-            ds = _read_header(staged)
+            ds = _read_header(staged, self.limits)
+            check(ds, self.limits)
             sop_uid = _uid(ds, "SOPInstanceUID")
             _uid(ds, "StudyInstanceUID")
             _uid(ds, "SeriesInstanceUID")
-            check(ds, self.limits)
+            check_codestreams(staged, ds)
         except Refused as exc:
             return Outcome(name, "refused", str(exc))
         with self.sessions() as session:

@@ -15,10 +15,12 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels import pixel_array as decode_pixels
+from pydicom.uid import UID
 
-from viewer.headers import frame_header, number_of_frames
+from viewer.headers import codestream_size, frame_header, number_of_frames
 from viewer.png import encode_png
 
 WINDOW_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
@@ -98,8 +100,14 @@ def _voi_lut(ds: Dataset) -> VoiLut | None:
     data = item.get("LUTData")
     if descriptor is None or data is None or len(descriptor) != 3:
         return None
-    entries, first, bits = (int(v) for v in descriptor)
-    table = np.asarray(data, dtype=np.float32).ravel()
+    try:
+        entries, first, bits = (int(v) for v in descriptor)
+        if isinstance(data, bytes):  # LUT Data in OW: raw little-endian words or bytes
+            table = np.frombuffer(data, "<u2" if bits > 8 else "u1").astype(np.float32)
+        else:
+            table = np.asarray(data, dtype=np.float32).ravel()
+    except (TypeError, ValueError):
+        return None
     if entries == 0:
         entries = 65536
     if table.size < 1 or bits < 1 or bits > 16:
@@ -118,6 +126,7 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
         raise RenderError(f"frame {index + 1} does not exist (the instance has {frames})")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise RenderError("the instance has no pixel data")
+    _check_codestream(ds, index, frames)
     try:
         array = decode_pixels(ds, index=index if frames > 1 else None)
     except Exception as exc:  # decoders raise many types for corrupt data
@@ -136,7 +145,10 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
         raise RenderError(f"unsupported pixel layout {array.shape}")
     header = frame_header(ds, index)
     if "ModalityLUTSequence" in ds:
-        values = np.asarray(apply_modality_lut(array, ds), dtype=np.float32)
+        try:
+            values = np.asarray(apply_modality_lut(array, ds), dtype=np.float32)
+        except Exception as exc:
+            raise RenderError(f"cannot apply the modality LUT: {exc}") from exc
     else:
         values = array.astype(np.float32)
         if header.slope != 1.0:
@@ -157,6 +169,29 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
         header_window=window,
         voi_lut=None if window else _voi_lut(ds),
     )
+
+
+def _check_codestream(ds: Dataset, index: int, frames: int) -> None:
+    """Refuse an encoded frame whose declared size disagrees with Rows/Columns.
+
+    Decoders allocate what the codestream declares, so a few bytes claiming
+    65535x65535 pixels would take gigabytes; import refuses such files, and this
+    guards files stored before that check existed.
+    """
+    syntax = UID(ds.file_meta.get("TransferSyntaxUID", "") if ds.file_meta else "")
+    if not syntax.is_transfer_syntax or not syntax.is_encapsulated:
+        return
+    try:
+        encoded = get_frame(ds.PixelData, index, number_of_frames=frames)
+    except Exception as exc:
+        raise RenderError(f"cannot decode the pixel data: {exc}") from exc
+    size = codestream_size(encoded)
+    expected = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))
+    if size is not None and size != expected:
+        raise RenderError(
+            f"cannot decode the pixel data: the encoded frame is {size[1]}x{size[0]} pixels "
+            f"but Rows/Columns say {expected[1]}x{expected[0]}"
+        )
 
 
 def _to_rgb8(array: np.ndarray, bits: int) -> np.ndarray:

@@ -44,7 +44,7 @@ class Stack:
     @property
     def label(self) -> str:
         first = self.slices[0]
-        return f"{plane_name(self.orientation)} {first.columns}×{first.rows}"
+        return f"{plane_name(self.orientation)} {first.columns}×{first.rows}"  # noqa: RUF001
 
 
 def normal(orientation: list[float]) -> np.ndarray:

@@ -1,0 +1,437 @@
+"""Malformed DICOM (security.md, "Malformed input"): every broken file ends either refused
+at import with a clear reason, or imported and answered 422 with a JSON reason by the
+rendered endpoint. Never a 500, an escaping exception, a hang, or changed stored data."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import simplejpeg
+from flask.testing import FlaskClient
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+from sqlalchemy import func, select
+
+from viewer import Services
+from viewer.db import Instance
+from viewer.headers import codestream_size
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+# --- building broken files -------------------------------------------------------------
+
+
+def make_dataset(rows: int = 16, columns: int = 16, bits: int = 16,
+                 pixels: bytes | None = None, photometric: str = "MONOCHROME2") -> Dataset:
+    """A small valid grey image (16 or 8 bits) with fresh UIDs."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "P-MALFORMED"
+    ds.PatientName = "Malformed^Test"
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    if pixels is None:
+        values = np.arange(rows * columns, dtype=np.uint32) % 200
+        pixels = values.astype("<u2" if bits == 16 else "u1").tobytes()
+    ds.PixelData = pixels
+    ds["PixelData"].VR = "OW" if bits == 16 else "OB"
+    return ds
+
+
+def encode(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def with_value(keyword: str, value: object, vr: str | None = None) -> bytes:
+    ds = make_dataset()
+    if vr is None:
+        setattr(ds, keyword, value)
+    else:
+        ds.add_new(keyword, vr, value)
+    return encode(ds)
+
+
+def with_raw_value(tag_and_vr: bytes, raw: bytes) -> bytes:
+    """A valid file (with a window) whose element (tag + explicit VR) holds ``raw`` bytes."""
+    ds = make_dataset()
+    ds.WindowCenter, ds.WindowWidth = 100, 200
+    data = encode(ds)
+    at = data.index(tag_and_vr)
+    old_length = struct.unpack("<H", data[at + 6 : at + 8])[0]
+    raw += b" " * (len(raw) % 2)
+    return data[: at + 6] + struct.pack("<H", len(raw)) + raw + data[at + 8 + old_length :]
+
+
+def number_of_frames(raw: bytes) -> bytes:
+    ds = make_dataset()
+    ds.NumberOfFrames = 1
+    data = encode(ds)
+    at = data.index(b"\x28\x00\x08\x00IS")
+    raw += b" " * (len(raw) % 2)
+    return data[: at + 6] + struct.pack("<H", len(raw)) + raw + data[at + 10 :]
+
+
+def truncated_in_pixel_data() -> bytes:
+    data = encode(make_dataset())
+    return data[: len(data) - 200]
+
+
+def truncated_in_meta(cut: int) -> bytes:
+    return encode(make_dataset())[:cut]
+
+
+def pixel_data_length(length: int) -> bytes:
+    data = bytearray(encode(make_dataset()))
+    at = data.index(PIXEL_DATA_TAG)
+    data[at + 8 : at + 12] = struct.pack("<I", length)
+    return bytes(data)
+
+
+def patient_name_length_past_end() -> bytes:
+    data = bytearray(encode(make_dataset()))
+    at = data.index(b"\x10\x00\x10\x00PN")
+    data[at + 6 : at + 8] = struct.pack("<H", 0xFFF0)
+    return bytes(data)
+
+
+def pixels_of_length(count: int) -> bytes:
+    return encode(make_dataset(pixels=bytes(count)))
+
+
+def bits_allocated(bits: int) -> bytes:
+    ds = make_dataset()
+    ds.BitsAllocated = bits
+    ds.BitsStored = ds.HighBit = max(bits - 1, 0)
+    if bits:
+        ds.PixelData = bytes(16 * 16 * bits // 8)
+    return encode(ds)
+
+
+def image_size(rows: int, columns: int, samples: int = 1) -> bytes:
+    ds = make_dataset()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, samples
+    return encode(ds)
+
+
+def palette(entries: int, table_entries: int) -> bytes:
+    """PALETTE COLOR with pixel values 0..255 and a LUT that is shorter than that."""
+    ds = make_dataset(bits=8, pixels=bytes(range(256)), photometric="PALETTE COLOR")
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [entries, 0, 16])
+        table = np.linspace(0, 65535, table_entries).astype("<u2").tobytes()
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table)
+    return encode(ds)
+
+
+def jpeg_frame(rows: int = 16, columns: int = 16) -> bytes:
+    image = (np.arange(rows * columns) % 256).astype(np.uint8).reshape(rows, columns, 1)
+    return bytes(simplejpeg.encode_jpeg(image, quality=90, colorspace="GRAY"))
+
+
+def with_sof_size(frame: bytes, rows: int, columns: int) -> bytes:
+    at = frame.index(b"\xff\xc0")
+    return frame[: at + 5] + struct.pack(">HH", rows, columns) + frame[at + 9 :]
+
+
+def jpeg_dataset(frames: list[bytes], rows: int = 16, columns: int = 16) -> bytes:
+    ds = make_dataset(rows=rows, columns=columns, bits=8, pixels=encapsulate(frames))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    return encode(ds)
+
+
+def jpeg2000_with_size(rows: int, columns: int) -> bytes:
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_jp2klossless.dcm")  # 64x64
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = rows, columns
+    return encode(ds)
+
+
+def nested_sequences(levels: int, undefined_length: bool) -> bytes:
+    """``levels`` ContentSequence (0040,A730) items, each inside the one before."""
+    inner = b""
+    for _ in range(levels):
+        if undefined_length:
+            item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + inner + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+            inner = (b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff" + item
+                     + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+        else:
+            item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(inner)) + inner
+            inner = b"\x40\x00\x30\xa7SQ\x00\x00" + struct.pack("<I", len(item)) + item
+    data = encode(make_dataset())
+    at = data.index(PIXEL_DATA_TAG)
+    return data[:at] + inner + data[at:]
+
+
+def macro_not_a_sequence() -> bytes:
+    """A shared functional group whose position and window macros are written as text."""
+    ds = make_dataset()
+    group = Dataset()
+    group.add_new("PlanePositionSequence", "LO", "abc")
+    group.add_new("FrameVOILUTSequence", "LO", "abc")
+    ds.SharedFunctionalGroupsSequence = pydicom.Sequence([group])
+    return encode(ds)
+
+
+def uid(keyword: str, value: str) -> bytes:
+    ds = make_dataset()
+    setattr(ds, keyword, value)
+    return encode(ds)
+
+
+# --- the cases ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], bytes]
+    refused: str = ""  # a part of the import reason; empty: imported
+    status: int = 0  # the rendered endpoint's answer when imported
+
+
+CASES: dict[str, Case] = {
+    "control: a valid file": Case(lambda: encode(make_dataset()), status=200),
+    "truncated in the pixel data": Case(truncated_in_pixel_data, "the file is truncated"),
+    "truncated in the meta header": Case(lambda: truncated_in_meta(150), "the file is truncated"),
+    "truncated inside a meta element": Case(lambda: truncated_in_meta(190),
+                                            "the file is truncated"),
+    "truncated inside the SOP Instance UID": Case(lambda: truncated_in_meta(400),
+                                                  "the file is truncated"),
+    "only a preamble": Case(lambda: truncated_in_meta(132), "the file is truncated"),
+    "pixel data length larger than the file": Case(lambda: pixel_data_length(0x7FFFFFF0),
+                                                   "claims 2147483632 bytes"),
+    "element length larger than the file": Case(patient_name_length_past_end,
+                                                "element (0010,0010) claims 65520 bytes"),
+    "rows x columns huge": Case(lambda: image_size(65535, 65535), "VIEWER_MAX_FRAME_PIXELS"),
+    "rows x columns just over the limit": Case(lambda: image_size(4097, 4096),
+                                               "VIEWER_MAX_FRAME_PIXELS"),
+    "samples per pixel huge": Case(lambda: image_size(4096, 4096, 65535),
+                                   "SamplesPerPixel 65535 is not 1 or 3"),
+    "samples per pixel 0": Case(lambda: image_size(16, 16, 0), "SamplesPerPixel 0"),
+    "no rows": Case(lambda: image_size(0, 16), "no Rows/Columns"),
+    "NumberOfFrames 0": Case(lambda: number_of_frames(b"0"), "NumberOfFrames '0'"),
+    "NumberOfFrames negative": Case(lambda: number_of_frames(b"-1"), "NumberOfFrames '-1'"),
+    "NumberOfFrames abc": Case(lambda: number_of_frames(b"abc"), "NumberOfFrames 'abc'"),
+    "NumberOfFrames 1.5": Case(lambda: number_of_frames(b"1.5"), "NumberOfFrames '1.5'"),
+    "NumberOfFrames huge": Case(lambda: number_of_frames(b"2147483647"), "VIEWER_MAX_FRAMES"),
+    "BitsAllocated 0": Case(lambda: bits_allocated(0), "BitsAllocated '0' is not 1, 8, 16 or 32"),
+    "BitsAllocated 64": Case(lambda: bits_allocated(64), "BitsAllocated '64'"),
+    "BitsAllocated 12": Case(lambda: bits_allocated(12), "BitsAllocated '12'"),
+    "pixel data shorter than declared": Case(lambda: pixels_of_length(100),
+                                             "pixel data is truncated (100 bytes, 512 expected)"),
+    "pixel data longer than declared": Case(lambda: pixels_of_length(512 + 256), status=200),
+    "palette indexes beyond the LUT": Case(lambda: palette(16, 16), status=200),
+    "palette LUT shorter than its descriptor": Case(lambda: palette(256, 16), status=422),
+    "JPEG control: a valid frame": Case(lambda: jpeg_dataset([jpeg_frame()]), status=200),
+    "JPEG frame that is garbage": Case(
+        lambda: jpeg_dataset([b"\xff\xd8" + bytes(300) + b"\xff\xd9"]), status=422),
+    "JPEG frame that is not JPEG at all": Case(lambda: jpeg_dataset([b"GIF89a" + bytes(64)]),
+                                               status=422),
+    "JPEG frame smaller than Rows/Columns": Case(
+        lambda: jpeg_dataset([jpeg_frame(8, 8)]), "encoded frame is 8x8 pixels"),
+    "JPEG frame larger than Rows/Columns": Case(
+        lambda: jpeg_dataset([jpeg_frame(32, 32)]), "but Rows/Columns say 16x16"),
+    "JPEG decompression bomb (header claims 60000x60000)": Case(
+        lambda: jpeg_dataset([with_sof_size(jpeg_frame(), 60000, 60000)]),
+        "encoded frame is 60000x60000 pixels"),
+    "JPEG 2000 frame disagreeing with Rows/Columns": Case(
+        lambda: jpeg2000_with_size(32, 32), "encoded frame is 64x64 pixels"),
+    "500 nested sequences (undefined length)": Case(
+        lambda: nested_sequences(500, True), "nested more than 64 levels"),
+    "500 nested sequences (defined length)": Case(
+        lambda: nested_sequences(500, False), "nested more than 64 levels"),
+    "20 nested sequences are fine": Case(lambda: nested_sequences(20, False), status=200),
+    "ModalityLUTSequence that is not a sequence": Case(
+        lambda: with_value("ModalityLUTSequence", "abc", "LO"), "ModalityLUTSequence is not"),
+    "VOILUTSequence that is not a sequence": Case(
+        lambda: with_value("VOILUTSequence", "abc", "LO"), "VOILUTSequence is not"),
+    "PerFrameFunctionalGroupsSequence that is not a sequence": Case(
+        lambda: with_value("PerFrameFunctionalGroupsSequence", "abc", "LO"),
+        "PerFrameFunctionalGroupsSequence is not"),
+    "functional group macros that are not sequences": Case(macro_not_a_sequence, status=200),
+    "window values that are not numbers": Case(
+        lambda: with_raw_value(b"\x28\x00\x50\x10DS", b"abc\\-"), status=200),
+    "window width that is not a number": Case(
+        lambda: with_raw_value(b"\x28\x00\x51\x10DS", b"1e999"), status=200),
+    "PhotometricInterpretation multi-valued": Case(
+        lambda: with_value("PhotometricInterpretation", ["MONOCHROME2", "RGB"], "CS"),
+        status=422),
+}
+for _keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+    for _label, _value in (("letters", "1.2.840.abc"), ("65 characters", "1." + "2" * 63),
+                           ("a path", "../../../etc/passwd"), ("empty parts", "1..2"),
+                           ("two values", "1.2.3\\4.5.6")):
+        CASES[f"{_keyword} with {_label}"] = Case(
+            lambda k=_keyword, v=_value: uid(k, v), f"{_keyword} is not a valid UID")
+
+
+def rendered_url(data: bytes) -> str:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}/rendered")
+
+
+def instance_count(services: Services) -> int:
+    with services.sessions() as db:
+        return int(db.scalar(select(func.count()).select_from(Instance)) or 0)
+
+
+def stored_files(services: Services) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in services.store.root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_malformed_input_is_refused_or_answered_422(
+    name: str, services: Services, client: FlaskClient, auth: dict[str, str], tmp_path: Path
+) -> None:
+    case = CASES[name]
+    data = case.build()
+    source = tmp_path / "input.dcm"
+    source.write_bytes(data)
+
+    summary = services.importer.import_paths([source])
+
+    assert len(summary.outcomes) == 1
+    outcome = summary.outcomes[0]
+    assert list(services.store.tmp.iterdir()) == []
+    if case.refused:
+        assert outcome.status == "refused", outcome
+        assert case.refused in outcome.reason
+        assert stored_files(services) == {}
+        assert instance_count(services) == 0
+        return
+    assert (outcome.status, outcome.reason) == ("imported", "")
+    response = client.get(rendered_url(data), headers=auth)
+    assert response.status_code == case.status, response.get_data(as_text=True)[:300]
+    if case.status == 422:
+        assert response.is_json
+        assert response.get_json()["error"]
+    else:
+        assert response.mimetype.startswith("image/")
+    # Rendering never changes what was stored: still the original bytes under their hash.
+    assert stored_files(services) == {hashlib.sha256(data).hexdigest(): data}
+    assert source.read_bytes() == data
+
+
+def test_broken_frames_of_a_multiframe_instance_answer_422(
+    services: Services, client: FlaskClient, auth: dict[str, str], tmp_path: Path
+) -> None:
+    garbage = b"\xff\xd8" + bytes(300) + b"\xff\xd9"
+    data = jpeg_dataset([jpeg_frame(), garbage])
+    (tmp_path / "two.dcm").write_bytes(data)
+    assert services.importer.import_paths([tmp_path / "two.dcm"]).counts == {"imported": 1}
+    frames = rendered_url(data).removesuffix("/rendered") + "/frames/{}/rendered"
+
+    assert client.get(frames.format(1), headers=auth).status_code == 200
+    response = client.get(frames.format(2), headers=auth)
+    assert response.status_code == 422
+    assert response.get_json()["error"].startswith("cannot decode the pixel data")
+    assert client.get(frames.format(3), headers=auth).status_code == 404
+
+
+def test_multiframe_instance_with_no_decodable_frame_answers_422(
+    services: Services, client: FlaskClient, auth: dict[str, str], tmp_path: Path
+) -> None:
+    garbage = b"\xff\xd8" + bytes(300) + b"\xff\xd9"
+    data = jpeg_dataset([garbage, garbage])
+    (tmp_path / "two.dcm").write_bytes(data)
+    assert services.importer.import_paths([tmp_path / "two.dcm"]).counts == {"imported": 1}
+
+    response = client.get(rendered_url(data), headers=auth)
+
+    assert response.status_code == 422
+
+
+def voi_lut_in_ow() -> bytes:
+    """A valid VOI LUT whose LUT Data is OW (PS3.3 C.11.2.1.1 allows US or OW)."""
+    ds = make_dataset()
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [256, 0, 16])
+    item.add_new("LUTData", "OW", np.arange(0, 65536, 256, dtype="<u2").tobytes())
+    ds.VOILUTSequence = pydicom.Sequence([item])
+    return encode(ds)
+
+
+def modality_lut_without_descriptor() -> bytes:
+    ds = make_dataset()
+    item = Dataset()
+    item.add_new("LUTData", "US", list(range(16)))
+    ds.ModalityLUTSequence = pydicom.Sequence([item])
+    return encode(ds)
+
+
+@pytest.mark.parametrize(("build", "status"), [
+    (voi_lut_in_ow, 200), (modality_lut_without_descriptor, 422),
+], ids=["VOI LUT Data in OW", "Modality LUT without descriptor"])
+def test_lookup_tables_never_answer_500(
+    build: Callable[[], bytes], status: int, services: Services, client: FlaskClient,
+    auth: dict[str, str], tmp_path: Path,
+) -> None:
+    data = build()
+    (tmp_path / "lut.dcm").write_bytes(data)
+    assert services.importer.import_paths([tmp_path / "lut.dcm"]).counts == {"imported": 1}
+
+    response = client.get(rendered_url(data), headers=auth)
+
+    assert response.status_code == status
+
+
+def test_pydicom_broken_test_files(services: Services, tmp_path: Path) -> None:
+    """pydicom's own broken files: refused with the real reason, the batch goes on."""
+    names = ["MR_truncated.dcm", "rtplan_truncated.dcm", "no_meta.dcm", "badVR.dcm",
+             "JPEG2000-embedded-sequence-delimiter.dcm", "CT_small.dcm"]
+    summary = services.importer.import_paths([PYDICOM_FILES / n for n in names])
+    reasons = {Path(o.source).name: (o.status, o.reason) for o in summary.outcomes}
+    assert reasons["MR_truncated.dcm"] == (
+        "refused", "the file is truncated: element (7FE0,0010) claims 8192 bytes, "
+        "only 8130 are left")
+    assert reasons["rtplan_truncated.dcm"][1].startswith("the file is truncated")
+    assert reasons["no_meta.dcm"][0] == "refused"
+    assert reasons["badVR.dcm"] == (
+        "refused", "NumberOfFrames '1A' is not a whole number of 1 or more")
+    assert reasons["JPEG2000-embedded-sequence-delimiter.dcm"][1].startswith(
+        "an encoded frame is")
+    assert reasons["CT_small.dcm"] == ("imported", "")
+
+
+def test_codestream_size_reads_jpeg_jpegls_and_jpeg2000_headers() -> None:
+    assert codestream_size(jpeg_frame(24, 40)) == (24, 40)
+    assert codestream_size(with_sof_size(jpeg_frame(), 65535, 1)) == (65535, 1)
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_jp2klossless.dcm")
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    assert codestream_size(frame) == (64, 64)
+    ds = pydicom.dcmread(PYDICOM_FILES / "JPEGLSNearLossless_08.dcm")
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    assert codestream_size(frame) == (ds.Rows, ds.Columns)
+    assert codestream_size(b"") is None
+    assert codestream_size(b"\xff\xd8\xff\xe0\x00") is None  # cut before any frame header
+    assert codestream_size(b"\xff\xd8" + b"\xff\xe0\x00\x02" * 10) is None
+    assert codestream_size(b"GIF89a") is None
