@@ -412,17 +412,25 @@ def check_codestreams(path: Path, ds: Dataset) -> None:
             first = False
 
 
-def _get_or_create(session: Session, model: type, where: dict, values: dict):  # type: ignore[no-untyped-def]
-    row = session.scalars(select(model).filter_by(**where)).first()
+def _get_or_create(session: Session, model: type, where: dict, values: dict, cache: dict):  # type: ignore[no-untyped-def]
+    """The row matching ``where``, created from ``values`` if new; ``cache`` spans a batch."""
+    key = (model, tuple(where.items()))
+    row = cache.get(key)
     if row is None:
-        row = model(**where, **values)
-        session.add(row)
-        session.flush()
+        row = session.scalars(select(model).filter_by(**where)).first()
+        if row is None:
+            row = model(**where, **values)
+            session.add(row)
+            session.flush()
+        cache[key] = row
     return row
 
 
-def index_instance(session: Session, ds: Dataset, digest: str, size: int) -> Instance:
+def index_instance(
+    session: Session, ds: Dataset, digest: str, size: int, cache: dict | None = None
+) -> Instance:
     """Add the patient/study/series (if new) and the instance with its frames."""
+    cache = {} if cache is None else cache
     patient = _get_or_create(
         session,
         Patient,
@@ -432,6 +440,7 @@ def index_instance(session: Session, ds: Dataset, digest: str, size: int) -> Ins
             "birth_date": text(ds, "PatientBirthDate", 8),
             "sex": text(ds, "PatientSex", 16),
         },
+        cache,
     )
     study = _get_or_create(
         session,
@@ -447,6 +456,7 @@ def index_instance(session: Session, ds: Dataset, digest: str, size: int) -> Ins
             "referring_physician": text(ds, "ReferringPhysicianName", 324),
             "body_part": text(ds, "BodyPartExamined"),
         },
+        cache,
     )
     series = _get_or_create(
         session,
@@ -459,6 +469,7 @@ def index_instance(session: Session, ds: Dataset, digest: str, size: int) -> Ins
             "description": text(ds, "SeriesDescription"),
             "body_part": text(ds, "BodyPartExamined"),
         },
+        cache,
     )
     frames = number_of_frames(ds)
     instance = Instance(
@@ -491,15 +502,86 @@ def index_instance(session: Session, ds: Dataset, digest: str, size: int) -> Ins
     return instance
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """A staged source that passed every check, waiting to be stored and indexed."""
+
+    index: int
+    name: str
+    staged: Path
+    digest: str
+    size: int
+    ds: Dataset
+    sop_uid: str
+    study_uid: str
+
+    def outcome(self, status: str, reason: str = "") -> Outcome:
+        return Outcome(self.name, status, reason, self.sop_uid, self.study_uid)
+
+
 class Importer:
-    """Stores and indexes sources one by one; see the module docstring."""
+    """Stores and indexes sources in batches; see the module docstring.
+
+    Per batch: stage and check each source, drop those already present, flush
+    the staged bytes to disk once, rename them into place, flush once more,
+    then index the batch in one transaction (falling back to one transaction
+    per instance, so a bad row costs only itself).
+    """
+
+    batch_size = 64
 
     def __init__(self, store: ObjectStore, sessions: sessionmaker, limits: Limits) -> None:
         self.store = store
         self.sessions = sessions
         self.limits = limits
 
+    def import_paths(
+        self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None
+    ) -> Summary:
+        sources = collect_sources(paths)
+        summary = Summary()
+        for start in range(0, len(sources), self.batch_size):
+            batch = sources[start : start + self.batch_size]
+
+            def done(count: int, start: int = start) -> None:
+                if progress:
+                    progress(start + count, len(sources))
+
+            summary.outcomes.extend(self.import_batch(batch, done))
+        return summary
+
     def import_source(self, source: Source) -> Outcome:
+        return self.import_batch([source])[0]
+
+    def import_batch(
+        self, sources: list[Source], done: Callable[[int], None] | None = None
+    ) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        candidates: list[_Candidate] = []
+        try:
+            for index, source in enumerate(sources):
+                prepared = self._prepare(index, source)
+                if isinstance(prepared, Outcome):
+                    outcomes[index] = prepared
+                else:
+                    candidates.append(prepared)
+                if done:
+                    done(index + 1)
+            fresh = self._skip_present(candidates, outcomes)
+            if fresh:
+                self.store.sync()
+                new_files = {c.digest for c in fresh if not self.store.path(c.digest).exists()}
+                for candidate in fresh:
+                    self.store.commit(candidate.staged, candidate.digest)
+                self.store.sync()
+                outcomes.update(self._index(fresh, new_files))
+        finally:
+            for candidate in candidates:
+                candidate.staged.unlink(missing_ok=True)
+        return [outcomes[i] for i in range(len(sources))]
+
+    def _prepare(self, index: int, source: Source) -> Outcome | _Candidate:
+        """Stage the bytes and run every check; an Outcome means refused."""
         limit = self.limits.max_file_bytes
         too_large = f"larger than the {_size(limit)} limit (VIEWER_MAX_FILE_MB)"
         try:
@@ -513,56 +595,74 @@ class Importer:
         except ARCHIVE_ERRORS as exc:
             return Outcome(source.name, "refused", f"cannot read it ({_short(exc)})")
         try:
-            return self._store_staged(source.name, staged, digest, size)
-        finally:
-            staged.unlink(missing_ok=True)
-
-    def _store_staged(self, name: str, staged: Path, digest: str, size: int) -> Outcome:
-        try:
             ds = _read_header(staged, self.limits)
             check(ds, self.limits)
             sop_uid = _uid(ds, "SOPInstanceUID")
-            _uid(ds, "StudyInstanceUID")
+            study_uid = _uid(ds, "StudyInstanceUID")
             _uid(ds, "SeriesInstanceUID")
             check_codestreams(staged, ds)
         except Refused as exc:
-            return Outcome(name, "refused", str(exc))
+            staged.unlink(missing_ok=True)
+            return Outcome(source.name, "refused", str(exc))
+        return _Candidate(index, source.name, staged, digest, size, ds, sop_uid, study_uid)
+
+    def _skip_present(
+        self, candidates: list[_Candidate], outcomes: dict[int, Outcome]
+    ) -> list[_Candidate]:
+        """Answer 'present' for instances already indexed (or twice in this batch)."""
         with self.sessions() as session:
-            existing = session.scalars(select(Instance).filter_by(sop_uid=sop_uid)).first()
-            if existing is not None:
-                note = "" if existing.file_hash == digest else "same SOP Instance UID, other bytes"
-                return Outcome(name, "present", note, sop_uid, text(ds, "StudyInstanceUID"))
-        study_uid = text(ds, "StudyInstanceUID")
-        already_stored = self.store.path(digest).exists()
-        self.store.commit(staged, digest)
+            stored = dict(
+                session.execute(
+                    select(Instance.sop_uid, Instance.file_hash).where(
+                        Instance.sop_uid.in_({c.sop_uid for c in candidates})
+                    )
+                ).all()
+            )
+        fresh = []
+        for candidate in candidates:
+            known = stored.get(candidate.sop_uid)
+            if known is None:
+                stored[candidate.sop_uid] = candidate.digest
+                fresh.append(candidate)
+            else:
+                note = "" if known == candidate.digest else "same SOP Instance UID, other bytes"
+                outcomes[candidate.index] = candidate.outcome("present", note)
+        return fresh
+
+    def _index(self, fresh: list[_Candidate], new_files: set[str]) -> dict[int, Outcome]:
+        if len(fresh) > 1:
+            try:
+                with self.sessions() as session:
+                    cache: dict = {}
+                    for candidate in fresh:
+                        index_instance(session, candidate.ds, candidate.digest, candidate.size,
+                                       cache)
+                    session.commit()
+                return {c.index: c.outcome("imported") for c in fresh}
+            except Exception:
+                log.debug("batch indexing failed; indexing one by one", exc_info=True)
+        return {c.index: self._index_one(c, c.digest in new_files) for c in fresh}
+
+    def _index_one(self, candidate: _Candidate, new_file: bool) -> Outcome:
         for _attempt in range(2):
             try:
                 with self.sessions() as session:
-                    index_instance(session, ds, digest, size)
+                    index_instance(session, candidate.ds, candidate.digest, candidate.size)
                     session.commit()
-                return Outcome(name, "imported", "", sop_uid, study_uid)
+                return candidate.outcome("imported")
             except IntegrityError:
                 # Another import added the same instance, or its new study, first.
                 with self.sessions() as session:
-                    if session.scalars(select(Instance).filter_by(sop_uid=sop_uid)).first():
-                        return Outcome(name, "present", "", sop_uid, study_uid)
+                    if session.scalars(
+                        select(Instance).filter_by(sop_uid=candidate.sop_uid)
+                    ).first():
+                        return candidate.outcome("present")
             except Exception as exc:
-                log.exception("indexing %s failed", name)
+                log.exception("indexing %s failed", candidate.name)
                 reason = f"could not be indexed ({_short(exc)})"
                 break
         else:
             reason = "could not be indexed (conflicting concurrent imports)"
-        if not already_stored:
-            self.store.discard(digest)
-        return Outcome(name, "refused", reason)
-
-    def import_paths(
-        self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None
-    ) -> Summary:
-        sources = collect_sources(paths)
-        summary = Summary()
-        for done, source in enumerate(sources, start=1):
-            summary.outcomes.append(self.import_source(source))
-            if progress:
-                progress(done, len(sources))
-        return summary
+        if new_file:
+            self.store.discard(candidate.digest)
+        return candidate.outcome("refused", reason)

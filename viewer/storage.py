@@ -1,14 +1,17 @@
 """Content-addressed storage of original DICOM files.
 
 A file's name is the SHA-256 of its bytes, never a value from the DICOM header,
-so a hostile header cannot choose a path. Files arrive through a temp file that
-is fsynced and renamed into place, so a crash never leaves half a file under a
-final name.
+so a hostile header cannot choose a path. Files arrive through temp files that
+are flushed to disk (``sync``) before they are renamed into place, and the
+renames are flushed before the index is told, so a crash never leaves half a
+file under a final name. One ``sync`` covers a whole batch of files: a single
+filesystem flush instead of two fsyncs per file is what makes import fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import tempfile
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+_LIBC = ctypes.CDLL(None, use_errno=True) if hasattr(ctypes.CDLL(None), "syncfs") else None
 
 
 class TooLarge(ValueError):
@@ -56,27 +60,33 @@ class ObjectStore:
                         raise TooLarge(f"larger than the {limit // (1 << 20)} MiB limit")
                     digest.update(chunk)
                     handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         return path, digest.hexdigest(), size
 
     def commit(self, staged: Path, digest: str) -> Path:
-        """Move a staged file to its final name (a no-op if the bytes are already there)."""
+        """Move a staged file to its final name (a no-op if the bytes are already there).
+
+        Call ``sync`` before (for the data) and after (for the rename).
+        """
         final = self.path(digest)
         if final.exists():
             staged.unlink(missing_ok=True)
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, final)
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
         return final
+
+    def sync(self) -> None:
+        """Flush every file and rename under the data folder to disk (Linux ``syncfs``)."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _LIBC is not None and _LIBC.syncfs(fd) == 0:
+                return
+            os.sync()
+        finally:
+            os.close(fd)
 
     def discard(self, digest: str) -> None:
         """Remove a stored file whose index row could not be written."""

@@ -1,0 +1,553 @@
+"""The service over real HTTP, against Orthanc in the same run: ``python benchmarks/http.py``.
+
+Ours: a temp ``VIEWER_DATA_DIR``; ``viewer.cli import`` of the 130 GE slices;
+an admin token from ``viewer.cli tokens create``; gunicorn with 2 sync workers
+(``python -m gunicorn -c gunicorn.conf.py wsgi:app`` from the repo root).
+
+* Fresh-series rounds, each on a freshly started gunicorn (empty frame cache,
+  files in the OS page cache): time to first image (series JSON from
+  ``/api/studies/{study}/series/{series}``, then the middle slice as PNG), then
+  all 130 slices fetched once, alternately by one connection in order and by 6
+  parallel connections (like a browser); a second, warm pass is timed too.
+* Throughput: a threaded load generator, 1 and 4 clients, ~5 s each, PNG and
+  JPEG, over the 130 slices with ``?window=C,W`` that changes on every request
+  so the server renders each time. The answers carry ETags, but no
+  ``If-None-Match`` is ever sent for these numbers (a 304 is measured apart).
+  A 2 s warm-up fills the workers' frame caches first.
+* Peak memory: VmHWM of each gunicorn worker after all of that, against
+  ``VIEWER_CACHE_MB`` + 150 MB.
+
+Orthanc (when ``/usr/sbin/Orthanc`` exists): temp config and storage, HTTP on a
+free loopback port, DICOM server off, DICOMweb plugin loaded; the same 130 files
+uploaded by ``POST /instances`` (files/s), then the same load on
+``/instances/{id}/rendered?window-center=C&window-width=W`` with ``Accept:
+image/png`` or ``image/jpeg``. Which query parameters Orthanc honours is probed
+first and recorded (output bytes must change with the parameter).
+
+Both servers are stopped at the end whatever happens (process groups, TERM then
+KILL); SIGTERM to this script runs that clean-up too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file: put the repo root, not benchmarks/, first on sys.path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+
+from benchmarks.common import (
+    PYTHON,
+    ROOT,
+    LoadResult,
+    Metric,
+    children,
+    fetch_all,
+    free_port,
+    ge_files,
+    get,
+    log,
+    proc_status_kb,
+    report,
+    run_load,
+    start_process,
+    stop_process,
+    summary_ms,
+    wait_http,
+    wait_idle,
+)
+
+ORTHANC = Path("/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+LOAD_SECONDS = 5.0
+WARMUP_SECONDS = 2.0
+CLIENTS = (1, 4)
+FRESH_ROUNDS = 4  # alternating sequential / 6-parallel fetch of the whole series
+PARALLEL = 6
+FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
+TARGETS = {
+    "png_ratio": 10.0,  # ours >= 10x Orthanc's rendered PNG throughput
+    "jpeg_ratio": 1.0,  # ours >= Orthanc's JPEG throughput
+    "first_image_ms": 100.0,
+    "fetch_all_s": 1.5,
+    "memory_over_cache_mb": 150.0,
+}
+
+
+def windows_for(center: float, width: float, count: int = 16) -> list[tuple[float, float]]:
+    """Different (centre, width) pairs around the header window."""
+    out = []
+    for i in range(count):
+        c = center + width * 0.125 * ((i % 5) - 2)
+        w = width * (0.6 + 0.8 * ((i * 7) % count) / count)
+        out.append((round(c, 1), round(max(w, 2.0), 1)))
+    return out
+
+
+def pick(client: int, i: int, slices: int, windows: int) -> tuple[int, int]:
+    """The (slice, window) of request ``i`` of ``client``: all slices, windows changing."""
+    return (client * 37 + i) % slices, (i * 7 + client * 3 + i // slices) % windows
+
+
+# --- our service --------------------------------------------------------------------------
+
+
+@dataclass
+class Ours:
+    """A prepared data dir with the GE series imported, and how to start gunicorn on it."""
+
+    tmp: Path
+    env: dict[str, str]
+    port: int
+    token: str
+    study_uid: str
+    series_uid: str
+    cache_mb: int
+    import_seconds: float
+
+    def auth(self, accept: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", "Accept": accept}
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """A fresh gunicorn; returns once both workers have booted and it answers."""
+        argv = [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+        proc = start_process(argv, self.tmp / "gunicorn.log", self.env, ROOT)
+        try:
+            wait_http(self.port, "/api/studies", timeout=60, proc=proc)
+            deadline = time.monotonic() + 30
+            while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            wait_idle(children(proc.pid))
+        except BaseException:
+            stop_process(proc)
+            raise
+        return proc
+
+    def series_path(self) -> str:
+        return f"/api/studies/{self.study_uid}/series/{self.series_uid}"
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m viewer.cli ...`` from the repo root; fail loudly."""
+    done = subprocess.run([PYTHON, "-m", "viewer.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"viewer.cli {args[0]} failed: {done.stdout}{done.stderr}")
+    return done
+
+
+def prepare_ours(tmp: Path, files: list[Path]) -> Ours:
+    """Data dir, import, token; nothing is served yet."""
+    port = free_port()
+    cache_mb = int(os.environ.get("VIEWER_CACHE_MB", "256"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIEWER_")}
+    env.update({
+        "VIEWER_DATA_DIR": str(tmp / "data"),
+        "VIEWER_BIND": f"127.0.0.1:{port}",
+        "VIEWER_WORKERS": "2",
+        "VIEWER_CACHE_MB": str(cache_mb),
+    })
+    log("ours: importing the GE series with viewer.cli import")
+    start = time.perf_counter()
+    cli(env, "import", *map(str, files))
+    import_seconds = time.perf_counter() - start
+    token = cli(env, "tokens", "create", "--role", "admin", "--name", "bench").stdout
+    head = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return Ours(tmp, env, port, token.strip().splitlines()[-1].strip(),
+                str(head.StudyInstanceUID), str(head.SeriesInstanceUID), cache_mb, import_seconds)
+
+
+def series_info(ours: Ours, conn: http.client.HTTPConnection | None = None) -> tuple[
+        list[dict[str, Any]], tuple[float, float], float]:
+    """Slices in display order, the header window, and the seconds the JSON took."""
+    reply = get(ours.port, ours.series_path(), ours.auth("application/json"), conn)
+    if reply.status != 200:
+        raise RuntimeError(f"series JSON: HTTP {reply.status}: {reply.body[:200]!r}")
+    data = json.loads(reply.body)
+    stack = data["stacks"][0]
+    return stack["slices"], typical_window(stack), reply.seconds
+
+
+def typical_window(stack: dict[str, Any]) -> tuple[float, float]:
+    """The window most slices carry in their header (else the stack's header or auto window).
+
+    Not the stack's ``header`` window: that is the middle slice's, and in the GE
+    series the middle slice alone says 3010/6020 where 110 of 130 say 153/307.
+    """
+    counts = Counter(
+        (float(s["window"]["center"]), float(s["window"]["width"]))
+        for s in stack["slices"] if s.get("window")
+    )
+    if counts:
+        return counts.most_common(1)[0][0]
+    chosen = stack["windows"].get("header") or stack["windows"]["auto"]
+    return float(chosen["center"]), float(chosen["width"])
+
+
+def rendered_path(url: str, window: tuple[float, float]) -> str:
+    return f"{url}?window={window[0]:g},{window[1]:g}"
+
+
+def fresh_round(ours: Ours, number: int) -> dict[str, Any]:
+    """One fresh gunicorn: first image, then the whole series (cold, then warm)."""
+    proc = ours.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", ours.port, timeout=60)
+        slices, window, json_s = series_info(ours, conn)
+        middle = slices[len(slices) // 2]
+        image = get(ours.port, rendered_path(middle["url"], window), ours.auth("image/png"), conn)
+        conn.close()
+        if image.status != 200 or not image.body.startswith(b"\x89PNG"):
+            raise RuntimeError(f"first image: HTTP {image.status}")
+        paths = [rendered_path(s["url"], window) for s in slices]
+        connections = 1 if number % 2 == 0 else PARALLEL
+        cold, cold_failures = fetch_all(ours.port, paths, ours.auth("image/png"), connections)
+        warm, warm_failures = fetch_all(ours.port, paths, ours.auth("image/png"), connections)
+        if cold_failures or warm_failures:
+            raise RuntimeError(f"fetch all: {cold_failures + warm_failures} failed requests")
+        return {"json_s": json_s, "image_s": image.seconds, "image_bytes": len(image.body),
+                "connections": connections, "cold_s": cold, "warm_s": warm,
+                "slices": len(paths)}
+    finally:
+        stop_process(proc)
+
+
+def etag_check(ours: Ours, path: str) -> dict[str, Any]:
+    """Does a rendered answer carry an ETag, and what does revalidating it cost?"""
+    first = get(ours.port, path, ours.auth("image/png"))
+    etag = first.headers.get("etag")
+    result: dict[str, Any] = {"etag": etag, "cache_control": first.headers.get("cache-control")}
+    if etag:
+        headers = {**ours.auth("image/png"), "If-None-Match": etag}
+        replies = [get(ours.port, path, headers) for _ in range(20)]
+        result["status"] = sorted({r.status for r in replies})
+        result["revalidate"] = summary_ms([r.seconds for r in replies])
+        rendered = [get(ours.port, path, ours.auth("image/png")) for _ in range(20)]
+        result["full"] = summary_ms([r.seconds for r in rendered])
+    return result
+
+
+def load_ours(ours: Ours, master: int, slices: list[dict[str, Any]],
+              window: tuple[float, float]) -> dict[str, LoadResult]:
+    """Throughput runs on a running gunicorn (cache warmed first)."""
+    windows = windows_for(*window)
+    urls = [s["url"] for s in slices]
+
+    def path_for(client: int, i: int) -> str:
+        s, w = pick(client, i, len(urls), len(windows))
+        return rendered_path(urls[s], windows[w])
+
+    results: dict[str, LoadResult] = {}
+    log("ours: warm-up")
+    run_load(ours.port, path_for, ours.auth("image/png"), 4, WARMUP_SECONDS)
+    for fmt, media in FORMATS.items():
+        for clients in CLIENTS:
+            log(f"ours: {fmt} with {clients} client(s) for {LOAD_SECONDS:g} s")
+            results[f"{fmt}.c{clients}"] = run_load(
+                ours.port, path_for, ours.auth(media), clients, LOAD_SECONDS,
+                server_pids=[master, *children(master)])
+    return results
+
+
+def worker_memory(master: int) -> dict[str, Any]:
+    """VmHWM and VmRSS (MiB) of each gunicorn worker."""
+    out = {}
+    for pid in children(master):
+        hwm, rss = proc_status_kb(pid, "VmHWM"), proc_status_kb(pid, "VmRSS")
+        out[str(pid)] = {"VmHWM_MiB": round((hwm or 0) / 1024, 1),
+                         "VmRSS_MiB": round((rss or 0) / 1024, 1)}
+    return out
+
+
+# --- Orthanc ------------------------------------------------------------------------------
+
+
+def start_orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Orthanc with a temp config and storage, answering on a free loopback port."""
+    port = free_port()
+    config = {
+        "Name": "viewer-bench",
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "DicomPort": free_port(),
+        "StorageDirectory": str(tmp / "storage"),
+        "IndexDirectory": str(tmp / "index"),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "SaveJobs": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
+    }
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "orthanc.json").write_text(json.dumps(config, indent=2))
+    proc = start_process([str(ORTHANC), str(tmp / "orthanc.json")], tmp / "orthanc.log", None,
+                         tmp)
+    try:
+        wait_http(port, "/system", timeout=60, proc=proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, port
+
+
+def upload_orthanc(port: int, files: list[Path]) -> tuple[dict[str, str], float]:
+    """POST every file to /instances over one connection; SOP UID -> Orthanc ID, seconds."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    ids: dict[str, str] = {}
+    blobs = [p.read_bytes() for p in files]
+    start = time.perf_counter()
+    for blob in blobs:
+        reply = get(port, "/instances", {"Content-Type": "application/dicom"}, conn, "POST", blob)
+        if reply.status != 200:
+            raise RuntimeError(f"Orthanc upload: HTTP {reply.status} {reply.body[:200]!r}")
+        info = json.loads(reply.body)
+        ids[info["ID"]] = ""
+    elapsed = time.perf_counter() - start
+    conn.close()
+    by_sop: dict[str, str] = {}
+    for orthanc_id in ids:
+        tags = json.loads(get(port, f"/instances/{orthanc_id}/simplified-tags").body)
+        by_sop[tags["SOPInstanceUID"]] = orthanc_id
+    return by_sop, elapsed
+
+
+def probe_orthanc(port: int, orthanc_id: str, window: tuple[float, float]) -> dict[str, Any]:
+    """Which /rendered query parameters change Orthanc's output (bytes differ)?"""
+    base = f"/instances/{orthanc_id}/rendered"
+    c, w = window
+
+    def digest(query: str, accept: str = "image/png") -> tuple[int, int, str]:
+        reply = get(port, base + query, {"Accept": accept})
+        return reply.status, len(reply.body), hashlib.sha256(reply.body).hexdigest()[:12]
+
+    plain = digest(f"?window-center={c:g}&window-width={w:g}")
+    results: dict[str, Any] = {"window_png": plain, "deterministic": digest(
+        f"?window-center={c:g}&window-width={w:g}") == plain}
+    checks = {  # each differs from the request above in one parameter only
+        "window-center/window-width": f"?window-center={c / 2:g}&window-width={w / 2:g}",
+        "width/height": f"?window-center={c:g}&window-width={w:g}&width=128&height=128",
+        "none (the file's own window)": "",
+    }
+    for name, query in checks.items():
+        got = digest(query)
+        results[name] = {"answer": got, "changes_output": got[0] == 200 and got[2] != plain[2]}
+    jpeg = digest("", "image/jpeg")
+    low = digest("?quality=30", "image/jpeg")
+    results["quality (jpeg)"] = {"answer": low, "changes_output": low[2] != jpeg[2]}
+    results["jpeg_default_bytes"] = jpeg[1]
+    return results
+
+
+def dicomweb_probe(port: int, study: str, series: str, sop: str,
+                   window: tuple[float, float]) -> dict[str, Any]:
+    """Orthanc's DICOMweb plugin rendered resource, for reference (20 sequential PNGs)."""
+    path = (f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/rendered"
+            f"?window={window[0]:g},{window[1]:g},linear")  # literal commas: %2C is refused
+    replies = [get(port, path, {"Accept": "image/png"}) for _ in range(20)]
+    first = replies[0]
+    return {"path": path, "status": sorted({r.status for r in replies}), "bytes": len(first.body),
+            "answer": first.body[:300].decode("latin-1") if first.status != 200 else "",
+            "latency": summary_ms([r.seconds for r in replies])}
+
+
+def load_orthanc(port: int, pid: int, ids: list[str], window: tuple[float, float]
+                 ) -> dict[str, LoadResult]:
+    """The same load as ours, on Orthanc's /instances/{id}/rendered."""
+    windows = windows_for(*window)
+
+    def path_for(client: int, i: int) -> str:
+        s, w = pick(client, i, len(ids), len(windows))
+        c, width = windows[w]
+        return f"/instances/{ids[s]}/rendered?window-center={c:g}&window-width={width:g}"
+
+    results: dict[str, LoadResult] = {}
+    log("orthanc: warm-up")
+    run_load(port, path_for, {"Accept": "image/png"}, 4, WARMUP_SECONDS)
+    for fmt, media in FORMATS.items():
+        for clients in CLIENTS:
+            log(f"orthanc: {fmt} with {clients} client(s) for {LOAD_SECONDS:g} s")
+            results[f"{fmt}.c{clients}"] = run_load(port, path_for, {"Accept": media}, clients,
+                                                    LOAD_SECONDS, server_pids=[pid])
+    return results
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def run() -> tuple[list[Metric], dict[str, Any]]:
+    """Everything above; returns the table rows and the details."""
+    files = ge_files()
+    tmp = Path(tempfile.mkdtemp(prefix="viewer-bench-http-"))
+    details: dict[str, Any] = {"load_seconds": LOAD_SECONDS, "warmup_seconds": WARMUP_SECONDS}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ours = prepare_ours(tmp, files)
+        details["ours"] = {"cache_mb": ours.cache_mb, "workers": 2,
+                           "cli_import_s": round(ours.import_seconds, 3)}
+        rounds = []
+        for number in range(FRESH_ROUNDS):
+            log(f"ours: fresh gunicorn round {number + 1}/{FRESH_ROUNDS}")
+            rounds.append(fresh_round(ours, number))
+        details["ours"]["fresh_rounds"] = rounds
+
+        log("ours: throughput")
+        proc = ours.start()
+        procs.append(proc)
+        slices, window, _ = series_info(ours)
+        load = load_ours(ours, proc.pid, slices, window)
+        details["ours"]["load"] = {k: v.as_dict() for k, v in load.items()}
+        details["ours"]["etag"] = etag_check(
+            ours, rendered_path(slices[len(slices) // 2]["url"], window))
+        details["ours"]["memory"] = worker_memory(proc.pid)
+        details["ours"]["keep_alive"] = all(
+            v.connections < v.requests / 2 for v in load.values())
+        stop_process(proc)
+        procs.remove(proc)
+
+        orthanc: dict[str, Any] = {}
+        orthanc_load: dict[str, LoadResult] = {}
+        if ORTHANC.exists():
+            log("orthanc: start and upload")
+            proc, port = start_orthanc(tmp / "orthanc")
+            procs.append(proc)
+            version = json.loads(get(port, "/system").body).get("Version")
+            by_sop, upload_s = upload_orthanc(port, files)
+            ids = [by_sop[s["sop_uid"]] for s in slices]
+            orthanc.update({"version": version, "upload_s": round(upload_s, 3),
+                            "probe": probe_orthanc(port, ids[len(ids) // 2], window)})
+            if DICOMWEB_PLUGIN.exists():
+                middle = slices[len(slices) // 2]["sop_uid"]
+                orthanc["dicomweb_rendered"] = dicomweb_probe(
+                    port, ours.study_uid, ours.series_uid, middle, window)
+            orthanc_load = load_orthanc(port, proc.pid, ids, window)
+            orthanc["load"] = {k: v.as_dict() for k, v in orthanc_load.items()}
+            orthanc["VmHWM_MiB"] = round((proc_status_kb(proc.pid, "VmHWM") or 0) / 1024, 1)
+            stop_process(proc)
+            procs.remove(proc)
+        else:
+            orthanc["skipped"] = f"{ORTHANC} not found"
+        details["orthanc"] = orthanc
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return build_metrics(details, load, orthanc_load, len(files)), details
+
+
+def cpu_per_request(runs: list[LoadResult]) -> float | None:
+    """Server CPU milliseconds per answered request over several load runs."""
+    cpu = [r.server_cpu_s for r in runs if r.server_cpu_s is not None]
+    requests = sum(r.requests for r in runs)
+    return round(sum(cpu) * 1000 / requests, 2) if cpu and requests else None
+
+
+def build_metrics(details: dict[str, Any], load: dict[str, LoadResult],
+                  orthanc_load: dict[str, LoadResult], files: int) -> list[Metric]:
+    """The table rows from the collected numbers."""
+    ours, orthanc = details["ours"], details["orthanc"]
+    metrics: list[Metric] = []
+    for fmt in FORMATS:
+        ratio = TARGETS["png_ratio"] if fmt == "png" else TARGETS["jpeg_ratio"]
+        for clients in CLIENTS:
+            key = f"{fmt}.c{clients}"
+            mine, theirs = load[key], orthanc_load.get(key)
+            lat = mine.as_dict()["latency"]
+            note = (f"p50 {lat['median_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms, "
+                    f"{mine.as_dict()['mean_bytes'] // 1024} KiB")
+            if theirs is not None:
+                tl = theirs.as_dict()["latency"]
+                note += (f"; Orthanc p50 {tl['median_ms']:.1f} ms, "
+                         f"{theirs.as_dict()['mean_bytes'] // 1024} KiB")
+            if mine.errors or (theirs is not None and theirs.errors):
+                note += f"; errors ours {mine.errors} Orthanc {theirs.errors if theirs else 0}"
+            metrics.append(Metric(
+                f"http.{key}", f"HTTP rendered {fmt.upper()}, {clients} client(s)",
+                round(mine.per_second, 1), "slices/s", (">=", ratio), on_ratio=True,
+                orthanc=round(theirs.per_second, 1) if theirs else None, note=note))
+
+    for fmt in FORMATS:
+        runs = [load[f"{fmt}.c{c}"] for c in CLIENTS]
+        theirs_runs = [orthanc_load[f"{fmt}.c{c}"] for c in CLIENTS if orthanc_load]
+        metrics.append(Metric(
+            f"http.cpu.{fmt}", f"Server CPU per rendered {fmt.upper()}", cpu_per_request(runs),
+            "ms", orthanc=cpu_per_request(theirs_runs) if theirs_runs else None,
+            note="all server processes, over the 1- and 4-client runs; lower is better"))
+
+    rounds = ours["fresh_rounds"]
+    json_ms = statistics.median(r["json_s"] for r in rounds) * 1000
+    image_ms = statistics.median(r["image_s"] for r in rounds) * 1000
+    total_ms = statistics.median((r["json_s"] + r["image_s"]) for r in rounds) * 1000
+    n = len(rounds)
+    metrics += [
+        Metric("http.first.json", "First image: series JSON", round(json_ms, 1), "ms",
+               note=f"fresh gunicorn, median of {n}"),
+        Metric("http.first.image", "First image: middle slice PNG", round(image_ms, 1), "ms",
+               note=f"fresh gunicorn, median of {n}"),
+        Metric("http.first.total", "First image of a fresh 130-slice series", round(total_ms, 1),
+               "ms", ("<=", TARGETS["first_image_ms"]), note="JSON + PNG, median"),
+    ]
+    for connections, label in ((1, "1 connection, in order"),
+                               (PARALLEL, f"{PARALLEL} parallel connections")):
+        mine = [r for r in rounds if r["connections"] == connections]
+        cold = statistics.median(r["cold_s"] for r in mine)
+        warm = statistics.median(r["warm_s"] for r in mine)
+        metrics.append(Metric(
+            f"http.fetch_all.c{connections}.cold", f"All 130 slices, {label}, fresh",
+            round(cold, 3), "s", ("<=", TARGETS["fetch_all_s"]),
+            note=f"PNG, median of {len(mine)}"))
+        metrics.append(Metric(
+            f"http.fetch_all.c{connections}.warm", f"All 130 slices, {label}, second pass",
+            round(warm, 3), "s", note="PNG, frames cached in the worker that decoded them"))
+
+    memory = ours["memory"]
+    peak = max((m["VmHWM_MiB"] for m in memory.values()), default=None)
+    metrics.append(Metric(
+        "http.memory.worker_peak", "Worker peak RSS (VmHWM, max of workers)", peak, "MiB",
+        ("<=", ours["cache_mb"] + TARGETS["memory_over_cache_mb"]),
+        orthanc=orthanc.get("VmHWM_MiB"),
+        note=f"VIEWER_CACHE_MB={ours['cache_mb']}; workers "
+             + ", ".join(f"{m['VmHWM_MiB']:g}" for m in memory.values())))
+    upload = orthanc.get("upload_s")
+    metrics.append(Metric(
+        "http.import", "Import 130 files (our CLI; Orthanc POST /instances)",
+        round(files / ours["cli_import_s"], 1), "files/s",
+        orthanc=round(files / upload, 1) if upload else None, note="one run, this setup"))
+    dicomweb = orthanc.get("dicomweb_rendered", {})
+    etag = ours.get("etag", {})
+    if etag.get("full"):
+        metrics.append(Metric(
+            "http.latency.dicomweb_png", "Rendered PNG of the middle slice, one at a time",
+            etag["full"]["median_ms"], "ms",
+            orthanc=dicomweb["latency"]["median_ms"] if dicomweb.get("status") == [200] else None,
+            note="median of 20; ours and Orthanc's DICOMweb plugin .../rendered?window=C,W"))
+    if etag.get("revalidate"):
+        metrics.append(Metric(
+            "http.etag.304", "ETag revalidation (If-None-Match -> 304)",
+            etag["revalidate"]["median_ms"], "ms",
+            note=f"status {etag.get('status')}; full render {etag['full']['median_ms']:.1f} ms"))
+    return metrics
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally clean-up runs
+    metrics, details = run()
+    report("http", metrics, details)
+
+
+if __name__ == "__main__":
+    main()
