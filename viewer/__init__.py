@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import Flask, g
@@ -34,6 +34,7 @@ class Services:
     store: ObjectStore
     frames: FrameLoader
     importer: Importer
+    token_cache: dict = field(default_factory=dict)
 
     def db(self) -> Session:
         """The request's database session, opened on first use and closed at teardown."""

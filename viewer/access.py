@@ -1,7 +1,7 @@
 """Who is asking, and what they may see: the one authorization check.
 
 Every route that returns patient data gets its study, series or instance
-through ``find_study`` / ``find_series`` / ``find_instance`` here, which apply
+through ``find_study`` / ``find_series`` / ``find_instance_ref`` here, which apply
 ``visible_studies``; a study the caller may not see is a 404, the same answer
 as one that does not exist. Staff bearer tokens and browser sessions both end
 up as a ``Principal``.
@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import abort, current_app, g, request, session
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, bindparam, false, select, true
 from sqlalchemy.orm import Session
 
 from viewer.db import ApiToken, Instance, LoginLink, Series, Study, utcnow
 
 ROLES = ("admin", "uploader", "reader")
+# A revoked token stops working within this many seconds in every worker.
+TOKEN_CACHE_SECONDS = 5.0
 LOGIN_LINK_TTL = timedelta(hours=24)
 
 
@@ -72,21 +76,34 @@ def redeem_login_link(db: Session, secret: str) -> Principal | None:
     return Principal("session", link.name, link.role)
 
 
-def _bearer(db: Session) -> Principal | None:
+def _bearer(services: Any) -> Principal | None:
+    """The token's principal; answers are kept for ``TOKEN_CACHE_SECONDS`` per worker."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    row = db.scalars(select(ApiToken).filter_by(token_hash=token_hash(token.strip()))).first()
-    if row is None or row.revoked_at is not None:
+    digest = token_hash(token.strip())
+    cache: dict[str, tuple[float, Principal | None]] = services.token_cache
+    now = time.monotonic()
+    cached = cache.get(digest)
+    if cached is not None and cached[0] > now:
+        principal = cached[1]
+    else:
+        row = services.db().scalars(select(ApiToken).filter_by(token_hash=digest)).first()
+        valid = row is not None and row.revoked_at is None
+        principal = Principal("token", row.name, row.role) if valid else None
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[digest] = (now + TOKEN_CACHE_SECONDS, principal)
+    if principal is None:
         abort(401, description="the bearer token is not valid")
-    return Principal("token", row.name, row.role)
+    return principal
 
 
 def current_principal() -> Principal | None:
     """The caller of this request (bearer token first, then the session cookie)."""
     if "principal" not in g:
-        principal = _bearer(current_app.extensions["viewer"].db())
+        principal = _bearer(current_app.extensions["viewer"])
         if principal is None and isinstance(session.get("principal"), dict):
             data = session["principal"]
             principal = Principal("session", str(data.get("name")), str(data.get("role")))
@@ -107,11 +124,48 @@ def require_principal() -> Principal:
     return principal
 
 
+def study_filter(principal: Principal) -> ColumnElement[bool]:
+    """The condition on ``Study`` that limits a query to what ``principal`` may see."""
+    return true() if principal.role in ROLES else false()
+
+
 def visible_studies(principal: Principal) -> Select:
     """The studies ``principal`` may see, as a query to refine."""
-    if principal.role in ROLES:
-        return select(Study)
-    return select(Study).where(Study.id == -1)
+    return select(Study).where(study_filter(principal))
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """What the image routes need of an instance, found with one query."""
+
+    instance_pk: int
+    file_hash: str
+    number_of_frames: int
+
+
+_INSTANCE_BY_UIDS = (
+    select(Instance.id, Instance.file_hash, Instance.number_of_frames)
+    .join(Series, Series.id == Instance.series_pk)
+    .join(Study, Study.id == Series.study_pk)
+    .where(
+        Study.study_uid == bindparam("study"),
+        Series.series_uid == bindparam("series"),
+        Instance.sop_uid == bindparam("sop"),
+    )
+)
+
+
+def find_instance_ref(
+    db: Session, principal: Principal, study_uid: str, series_uid: str, sop_uid: str
+) -> InstanceRef:
+    """An instance the caller may see, in one query (the hot path of rendered frames)."""
+    row = db.execute(
+        _INSTANCE_BY_UIDS.where(study_filter(principal)),
+        {"study": study_uid, "series": series_uid, "sop": sop_uid},
+    ).first()
+    if row is None:
+        abort(404, description="no such instance here")
+    return InstanceRef(*row)
 
 
 def find_study(db: Session, principal: Principal, study_uid: str) -> Study:
@@ -129,15 +183,3 @@ def find_series(db: Session, principal: Principal, study_uid: str, series_uid: s
     if series is None:
         abort(404, description="no such series in this study")
     return series
-
-
-def find_instance(
-    db: Session, principal: Principal, study_uid: str, series_uid: str, sop_uid: str
-) -> Instance:
-    series = find_series(db, principal, study_uid, series_uid)
-    instance = db.scalars(
-        select(Instance).where(Instance.series_pk == series.id, Instance.sop_uid == sop_uid)
-    ).first()
-    if instance is None:
-        abort(404, description="no such instance in this series")
-    return instance

@@ -151,7 +151,8 @@ def series(study_uid: str, series_uid: str):
     db = _services().db()
     found = find_series(db, require_principal(), study_uid, series_uid)
     stacks = series_stacks(db, found)
-    frame_url = "dicomweb.frame_rendered"
+    # One url_for, then plain formatting: this list can have thousands of entries.
+    base = url_for("dicomweb.search_series", study_uid=study_uid) + f"/{series_uid}/instances/"
     return jsonify(
         series_uid=found.series_uid,
         study_uid=study_uid,
@@ -180,13 +181,7 @@ def series(study_uid: str, series_uid: str):
                             if s.window_center is not None and s.window_width is not None
                             else None
                         ),
-                        "url": url_for(
-                            frame_url,
-                            study_uid=study_uid,
-                            series_uid=series_uid,
-                            sop_uid=s.sop_uid,
-                            frames=str(s.frame),
-                        ),
+                        "url": f"{base}{s.sop_uid}/frames/{s.frame}/rendered",
                     }
                     for i, s in enumerate(stack.slices)
                 ],

@@ -73,6 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
             "worker, in MiB.", _non_negative_int),
     Setting("VIEWER_BIND", "127.0.0.1:8000", "Address gunicorn listens on (HOST:PORT).", _bind),
     Setting("VIEWER_WORKERS", "2", "Number of gunicorn worker processes.", _positive_int),
+    Setting("VIEWER_THREADS", "4", "Threads per gunicorn worker (keep-alive and parallel "
+            "slice requests).", _positive_int),
     Setting("VIEWER_MAX_FILE_MB", "512", "Largest DICOM file accepted by import, in MiB.",
             _positive_int),
     Setting("VIEWER_MAX_FRAME_PIXELS", "16777216", "Most pixels (rows x columns) in one "
@@ -97,6 +99,7 @@ class Config:
     cache_mb: int
     bind: str
     workers: int
+    threads: int
     max_file_mb: int
     max_frame_pixels: int
     max_frames: int
@@ -167,6 +170,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         cache_mb=values["VIEWER_CACHE_MB"],
         bind=values["VIEWER_BIND"],
         workers=values["VIEWER_WORKERS"],
+        threads=values["VIEWER_THREADS"],
         max_file_mb=values["VIEWER_MAX_FILE_MB"],
         max_frame_pixels=values["VIEWER_MAX_FRAME_PIXELS"],
         max_frames=values["VIEWER_MAX_FRAMES"],

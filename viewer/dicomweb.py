@@ -21,7 +21,8 @@ from werkzeug.exceptions import BadRequest, NotFound
 
 from viewer import rendered_params
 from viewer.access import (
-    find_instance,
+    InstanceRef,
+    find_instance_ref,
     find_series,
     find_study,
     require_principal,
@@ -412,28 +413,38 @@ def series_rendered(study_uid: str, series_uid: str) -> Response:
                                                                  params))
 
 
+def _instance_labels(db: Session, ref: InstanceRef,
+                     params: rendered_params.RenderParams) -> dict[str, list[str]]:
+    """Annotation text; the ORM rows are loaded only when annotations are asked for."""
+    if not params.annotations:
+        return {}
+    instance = db.get(Instance, ref.instance_pk)
+    assert instance is not None
+    return _labels(instance, instance.series, instance.series.study, params)
+
+
 @bp.get(INSTANCE + "/rendered")
 def instance_rendered(study_uid: str, series_uid: str, sop_uid: str) -> Response:
     params = _params()
     db = _services().db()
-    instance = find_instance(db, require_principal(), study_uid, series_uid, sop_uid)
-    labels = _labels(instance, instance.series, instance.series.study, params)
-    if instance.number_of_frames > 1:
-        items = [(instance.file_hash, n) for n in range(1, instance.number_of_frames + 1)]
+    ref = find_instance_ref(db, require_principal(), study_uid, series_uid, sop_uid)
+    labels = _instance_labels(db, ref, params)
+    if ref.number_of_frames > 1:
+        items = [(ref.file_hash, n) for n in range(1, ref.number_of_frames + 1)]
         return _multipart(items, params, labels)
-    return _single(instance.file_hash, 1, params, labels)
+    return _single(ref.file_hash, 1, params, labels)
 
 
 @bp.get(INSTANCE + "/frames/<frames>/rendered")
 def frame_rendered(study_uid: str, series_uid: str, sop_uid: str, frames: str) -> Response:
     params = _params()
     db = _services().db()
-    instance = find_instance(db, require_principal(), study_uid, series_uid, sop_uid)
-    numbers = _parse_frames(frames, instance.number_of_frames)
-    labels = _labels(instance, instance.series, instance.series.study, params)
+    ref = find_instance_ref(db, require_principal(), study_uid, series_uid, sop_uid)
+    numbers = _parse_frames(frames, ref.number_of_frames)
+    labels = _instance_labels(db, ref, params)
     if len(numbers) == 1:
-        return _single(instance.file_hash, numbers[0], params, labels)
-    return _multipart([(instance.file_hash, n) for n in numbers], params, labels)
+        return _single(ref.file_hash, numbers[0], params, labels)
+    return _multipart([(ref.file_hash, n) for n in numbers], params, labels)
 
 
 @bp.get(STUDY + "/thumbnail")
@@ -464,16 +475,14 @@ def series_thumbnail(study_uid: str, series_uid: str) -> Response:
 @bp.get(INSTANCE + "/thumbnail")
 def instance_thumbnail(study_uid: str, series_uid: str, sop_uid: str) -> Response:
     params = _params(thumbnail=True)
-    instance = find_instance(_services().db(), require_principal(), study_uid, series_uid,
-                             sop_uid)
-    return _single(instance.file_hash, (instance.number_of_frames + 1) // 2, params, {})
+    ref = find_instance_ref(_services().db(), require_principal(), study_uid, series_uid, sop_uid)
+    return _single(ref.file_hash, (ref.number_of_frames + 1) // 2, params, {})
 
 
 @bp.get(INSTANCE + "/frames/<frames>/thumbnail")
 def frame_thumbnail(study_uid: str, series_uid: str, sop_uid: str, frames: str) -> Response:
     params = _params(thumbnail=True)
-    instance = find_instance(_services().db(), require_principal(), study_uid, series_uid,
-                             sop_uid)
-    number = _parse_frames(frames, instance.number_of_frames)[0]
-    return _single(instance.file_hash, number, params, {})
+    ref = find_instance_ref(_services().db(), require_principal(), study_uid, series_uid, sop_uid)
+    number = _parse_frames(frames, ref.number_of_frames)[0]
+    return _single(ref.file_hash, number, params, {})
 

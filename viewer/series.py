@@ -5,7 +5,7 @@ No pixel data is read here, so listing a 130-slice series costs one query.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from viewer.db import Frame, Instance, Series
@@ -15,28 +15,31 @@ COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_
           "PALETTE COLOR"}
 
 
+_SLICES = (
+    select(
+        Instance.sop_uid,
+        Frame.number,
+        Instance.instance_number,
+        Instance.rows,
+        Instance.columns,
+        Frame.position,
+        Frame.orientation,
+        Frame.pixel_spacing,
+        Frame.window_center,
+        Frame.window_width,
+        Instance.photometric,
+        Instance.file_hash,
+    )
+    .join(Frame, Frame.instance_pk == Instance.id)
+    .where(Instance.series_pk == bindparam("series"))
+)
+
+
 def series_slices(db: Session, series: Series) -> list[Slice]:
-    rows = db.execute(
-        select(Instance, Frame)
-        .join(Frame, Frame.instance_pk == Instance.id)
-        .where(Instance.series_pk == series.id)
-    ).all()
+    """Every frame of the series as a Slice (plain columns: no ORM objects per row)."""
     return [
-        Slice(
-            sop_uid=instance.sop_uid,
-            frame=frame.number,
-            instance_number=instance.instance_number,
-            rows=instance.rows,
-            columns=instance.columns,
-            position=frame.position,
-            orientation=frame.orientation,
-            pixel_spacing=frame.pixel_spacing,
-            window_center=frame.window_center,
-            window_width=frame.window_width,
-            color=instance.photometric.upper() in COLOUR,
-            file_hash=instance.file_hash,
-        )
-        for instance, frame in rows
+        Slice(*row[:10], row[10].upper() in COLOUR, row[11])
+        for row in db.execute(_SLICES, {"series": series.id})
     ]
 
 
