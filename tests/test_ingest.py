@@ -601,3 +601,30 @@ def test_archive_member_names_are_never_used_as_paths(services: Services, tmp_pa
         assert not (Path("/tmp") / name).exists()
         assert not list(tmp_path.parent.parent.glob(name))
     assert_consistent(services)
+
+
+# --- parallel parsing ------------------------------------------------------------------
+
+
+def test_parallel_import_gives_the_same_index_as_serial(tmp_path: Path, corpus: Path) -> None:
+    """Worker processes only parse; storing and indexing stay in one process, same result."""
+    results = []
+    for workers in (1, 2):
+        app = create_app(load_config(make_env(tmp_path / f"data{workers}")))
+        services: Services = app.extensions["viewer"]
+        services.importer.workers = workers
+        try:
+            summary = services.importer.import_paths(
+                [corpus / "ge-t1-mprage", corpus / "philips-enhanced", tmp_path / "missing"]
+            )
+            with services.sessions() as db:
+                rows = db.execute(
+                    select(Instance.sop_uid, Instance.file_hash, Instance.number_of_frames)
+                    .order_by(Instance.sop_uid)
+                ).all()
+            results.append(([(o.status, o.reason) for o in summary.outcomes], rows))
+            assert_consistent(services)
+        finally:
+            services.engine.dispose()
+    assert results[0] == results[1]
+    assert len(results[0][1]) == 131

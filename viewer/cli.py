@@ -52,6 +52,7 @@ def print_summary(summary: Summary, out: TextIO) -> None:
 
 
 def cmd_import(services: Services, args: argparse.Namespace) -> int:
+    services.importer.workers = args.jobs
     summary = services.importer.import_paths(
         [Path(p) for p in args.paths], progress=Progress(sys.stderr)
     )
@@ -96,6 +97,7 @@ def cmd_demo(services: Services, args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         paths = write_demo_study(Path(folder))
+        services.importer.workers = os.cpu_count() or 1
         summary = services.importer.import_paths(paths, progress=Progress(sys.stderr))
     print("Demo study: ", end="")
     print_summary(summary, sys.stdout)
@@ -130,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import DICOM files, folders, .zip/.tar/.gz archives")
     p.add_argument("paths", nargs="+")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes that parse files in parallel (default: one per core)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any file is refused (default: only when none is stored)")
     p.set_defaults(func=cmd_import)

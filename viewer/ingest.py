@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import logging
 import lzma
+import multiprocessing
 import re
 import struct
 import tarfile
@@ -18,6 +19,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -426,28 +428,32 @@ def _get_or_create(session: Session, model: type, where: dict, values: dict, cac
     return row
 
 
-def index_instance(
-    session: Session, ds: Dataset, digest: str, size: int, cache: dict | None = None
-) -> Instance:
-    """Add the patient/study/series (if new) and the instance with its frames."""
-    cache = {} if cache is None else cache
-    patient = _get_or_create(
-        session,
-        Patient,
-        {"patient_id": text(ds, "PatientID"), "issuer": text(ds, "IssuerOfPatientID")},
-        {
+@dataclass(frozen=True)
+class Record:
+    """Everything the index needs from one file: plain data, so it can cross processes."""
+
+    patient_key: dict
+    patient: dict
+    study_key: dict
+    study: dict
+    series_key: dict
+    series: dict
+    instance: dict
+    frames: list[dict]
+
+
+def describe(ds: Dataset) -> Record:
+    """The index rows of a checked data set (patient, study, series, instance, frames)."""
+    frames = number_of_frames(ds)
+    return Record(
+        patient_key={"patient_id": text(ds, "PatientID"), "issuer": text(ds, "IssuerOfPatientID")},
+        patient={
             "name": text(ds, "PatientName", 324),
             "birth_date": text(ds, "PatientBirthDate", 8),
             "sex": text(ds, "PatientSex", 16),
         },
-        cache,
-    )
-    study = _get_or_create(
-        session,
-        Study,
-        {"study_uid": _uid(ds, "StudyInstanceUID")},
-        {
-            "patient_pk": patient.id,
+        study_key={"study_uid": _uid(ds, "StudyInstanceUID")},
+        study={
             "study_date": text(ds, "StudyDate", 8),
             "study_time": text(ds, "StudyTime", 16),
             "description": text(ds, "StudyDescription"),
@@ -456,48 +462,72 @@ def index_instance(
             "referring_physician": text(ds, "ReferringPhysicianName", 324),
             "body_part": text(ds, "BodyPartExamined"),
         },
-        cache,
-    )
-    series = _get_or_create(
-        session,
-        Series,
-        {"series_uid": _uid(ds, "SeriesInstanceUID")},
-        {
-            "study_pk": study.id,
+        series_key={"series_uid": _uid(ds, "SeriesInstanceUID")},
+        series={
             "modality": text(ds, "Modality", 16),
             "number": _int(ds, "SeriesNumber"),
             "description": text(ds, "SeriesDescription"),
             "body_part": text(ds, "BodyPartExamined"),
         },
-        cache,
+        instance={
+            "sop_uid": _uid(ds, "SOPInstanceUID"),
+            "sop_class_uid": text(ds, "SOPClassUID"),
+            "instance_number": _int(ds, "InstanceNumber"),
+            "transfer_syntax": (
+                str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
+            ),
+            "rows": _int(ds, "Rows") or 0,
+            "columns": _int(ds, "Columns") or 0,
+            "number_of_frames": frames,
+            "photometric": text(ds, "PhotometricInterpretation", 16),
+            "bits_allocated": _int(ds, "BitsAllocated") or 0,
+        },
+        frames=[
+            {
+                "number": index + 1,
+                "position": header.position,
+                "orientation": header.orientation,
+                "pixel_spacing": header.pixel_spacing,
+                "window_center": header.window_center,
+                "window_width": header.window_width,
+            }
+            for index in range(frames)
+            for header in (frame_header(ds, index),)
+        ],
     )
-    frames = number_of_frames(ds)
-    instance = Instance(
-        sop_uid=_uid(ds, "SOPInstanceUID"),
-        series_pk=series.id,
-        sop_class_uid=text(ds, "SOPClassUID"),
-        instance_number=_int(ds, "InstanceNumber"),
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else "",
-        rows=_int(ds, "Rows") or 0,
-        columns=_int(ds, "Columns") or 0,
-        number_of_frames=frames,
-        photometric=text(ds, "PhotometricInterpretation", 16),
-        bits_allocated=_int(ds, "BitsAllocated") or 0,
-        file_hash=digest,
-        file_size=size,
+
+
+def inspect(path: Path, limits: Limits) -> Record:
+    """Read and check a staged file; ``Refused`` says why it cannot be stored."""
+    ds = _read_header(path, limits)
+    check(ds, limits)
+    record = describe(ds)
+    check_codestreams(path, ds)
+    return record
+
+
+def _inspect_job(path: str, limits: Limits) -> Record | str:
+    """``inspect`` for a worker process: a refusal comes back as its reason."""
+    try:
+        return inspect(Path(path), limits)
+    except Refused as exc:
+        return str(exc)
+
+
+def index_instance(
+    session: Session, record: Record, digest: str, size: int, cache: dict | None = None
+) -> Instance:
+    """Add the patient/study/series (if new) and the instance with its frames."""
+    cache = {} if cache is None else cache
+    patient = _get_or_create(session, Patient, record.patient_key, record.patient, cache)
+    study = _get_or_create(
+        session, Study, record.study_key, {**record.study, "patient_pk": patient.id}, cache
     )
-    for index in range(frames):
-        header = frame_header(ds, index)
-        instance.frames.append(
-            Frame(
-                number=index + 1,
-                position=header.position,
-                orientation=header.orientation,
-                pixel_spacing=header.pixel_spacing,
-                window_center=header.window_center,
-                window_width=header.window_width,
-            )
-        )
+    series = _get_or_create(
+        session, Series, record.series_key, {**record.series, "study_pk": study.id}, cache
+    )
+    instance = Instance(**record.instance, series_pk=series.id, file_hash=digest, file_size=size)
+    instance.frames = [Frame(**frame) for frame in record.frames]
     session.add(instance)
     return instance
 
@@ -511,9 +541,15 @@ class _Candidate:
     staged: Path
     digest: str
     size: int
-    ds: Dataset
-    sop_uid: str
-    study_uid: str
+    record: Record
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.record.instance["sop_uid"])
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.record.study_key["study_uid"])
 
     def outcome(self, status: str, reason: str = "") -> Outcome:
         return Outcome(self.name, status, reason, self.sop_uid, self.study_uid)
@@ -530,43 +566,61 @@ class Importer:
 
     batch_size = 64
 
-    def __init__(self, store: ObjectStore, sessions: sessionmaker, limits: Limits) -> None:
+    def __init__(
+        self, store: ObjectStore, sessions: sessionmaker, limits: Limits, workers: int = 1
+    ) -> None:
         self.store = store
         self.sessions = sessions
         self.limits = limits
+        self.workers = workers
 
     def import_paths(
         self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None
     ) -> Summary:
+        """Import everything under ``paths``; with ``workers`` > 1, parse files in parallel."""
         sources = collect_sources(paths)
         summary = Summary()
-        for start in range(0, len(sources), self.batch_size):
-            batch = sources[start : start + self.batch_size]
-
-            def done(count: int, start: int = start) -> None:
+        pool = None
+        if self.workers > 1 and len(sources) > self.batch_size // 2:
+            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+        try:
+            for start in range(0, len(sources), self.batch_size):
+                batch = sources[start : start + self.batch_size]
+                summary.outcomes.extend(self.import_batch(batch, pool))
                 if progress:
-                    progress(start + count, len(sources))
-
-            summary.outcomes.extend(self.import_batch(batch, done))
+                    progress(start + len(batch), len(sources))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         return summary
 
     def import_source(self, source: Source) -> Outcome:
         return self.import_batch([source])[0]
 
     def import_batch(
-        self, sources: list[Source], done: Callable[[int], None] | None = None
+        self, sources: list[Source], pool: ProcessPoolExecutor | None = None
     ) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}
-        candidates: list[_Candidate] = []
+        staged: dict[int, tuple[Path, str, int]] = {}
         try:
             for index, source in enumerate(sources):
-                prepared = self._prepare(index, source)
-                if isinstance(prepared, Outcome):
-                    outcomes[index] = prepared
+                result = self._stage(source)
+                if isinstance(result, Outcome):
+                    outcomes[index] = result
                 else:
-                    candidates.append(prepared)
-                if done:
-                    done(index + 1)
+                    staged[index] = result
+            paths = [str(path) for path, _, _ in staged.values()]
+            if pool is not None:
+                records = list(pool.map(_inspect_job, paths, [self.limits] * len(paths)))
+            else:
+                records = [_inspect_job(path, self.limits) for path in paths]
+            candidates = []
+            for (index, (path, digest, size)), record in zip(staged.items(), records, strict=True):
+                if isinstance(record, str):
+                    outcomes[index] = Outcome(sources[index].name, "refused", record)
+                else:
+                    name = sources[index].name
+                    candidates.append(_Candidate(index, name, path, digest, size, record))
             fresh = self._skip_present(candidates, outcomes)
             if fresh:
                 self.store.sync()
@@ -576,35 +630,24 @@ class Importer:
                 self.store.sync()
                 outcomes.update(self._index(fresh, new_files))
         finally:
-            for candidate in candidates:
-                candidate.staged.unlink(missing_ok=True)
+            for path, _, _ in staged.values():
+                path.unlink(missing_ok=True)
         return [outcomes[i] for i in range(len(sources))]
 
-    def _prepare(self, index: int, source: Source) -> Outcome | _Candidate:
-        """Stage the bytes and run every check; an Outcome means refused."""
+    def _stage(self, source: Source) -> Outcome | tuple[Path, str, int]:
+        """Copy a source to a temp file, hashing it; an Outcome means refused."""
         limit = self.limits.max_file_bytes
         too_large = f"larger than the {_size(limit)} limit (VIEWER_MAX_FILE_MB)"
         try:
             if source.declared_size is not None and source.declared_size > limit:
                 raise TooLarge(too_large)
-            staged, digest, size = self.store.stage(source.open(), limit)
+            return self.store.stage(source.open(), limit)
         except TooLarge:
             return Outcome(source.name, "refused", too_large)
         except Refused as exc:
             return Outcome(source.name, "refused", str(exc))
         except ARCHIVE_ERRORS as exc:
             return Outcome(source.name, "refused", f"cannot read it ({_short(exc)})")
-        try:
-            ds = _read_header(staged, self.limits)
-            check(ds, self.limits)
-            sop_uid = _uid(ds, "SOPInstanceUID")
-            study_uid = _uid(ds, "StudyInstanceUID")
-            _uid(ds, "SeriesInstanceUID")
-            check_codestreams(staged, ds)
-        except Refused as exc:
-            staged.unlink(missing_ok=True)
-            return Outcome(source.name, "refused", str(exc))
-        return _Candidate(index, source.name, staged, digest, size, ds, sop_uid, study_uid)
 
     def _skip_present(
         self, candidates: list[_Candidate], outcomes: dict[int, Outcome]
@@ -635,8 +678,8 @@ class Importer:
                 with self.sessions() as session:
                     cache: dict = {}
                     for candidate in fresh:
-                        index_instance(session, candidate.ds, candidate.digest, candidate.size,
-                                       cache)
+                        index_instance(session, candidate.record, candidate.digest,
+                                       candidate.size, cache)
                     session.commit()
                 return {c.index: c.outcome("imported") for c in fresh}
             except Exception:
@@ -647,7 +690,7 @@ class Importer:
         for _attempt in range(2):
             try:
                 with self.sessions() as session:
-                    index_instance(session, candidate.ds, candidate.digest, candidate.size)
+                    index_instance(session, candidate.record, candidate.digest, candidate.size)
                     session.commit()
                 return candidate.outcome("imported")
             except IntegrityError:
