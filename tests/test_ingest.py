@@ -19,17 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 from sqlalchemy import func, select
 
@@ -39,7 +35,9 @@ from viewer.config import load_config
 from viewer.db import Instance, Series, Study
 from viewer.ingest import Importer, Limits, Outcome, Summary
 
+from . import dicomfactory
 from .conftest import ROOT, make_env
+from .dicomfactory import encode
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 MIB = 1 << 20
@@ -51,35 +49,8 @@ MIB = 1 << 20
 def make_dataset(rows: int = 16, columns: int = 16, frames: int | None = None,
                  pixels: bytes | None = None) -> Dataset:
     """A small valid 16-bit grey Secondary Capture image with fresh UIDs."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "P-INGEST"
-    ds.PatientName = "Ingest^Test"
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if frames is not None:
-        ds.NumberOfFrames = frames
-    if pixels is None:
-        count = rows * columns * (frames or 1)
-        pixels = (np.arange(count, dtype=np.uint32) % 4000).astype("<u2").tobytes()
-    ds.PixelData = pixels
-    ds["PixelData"].VR = "OW"
-    return ds
-
-
-def encode(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicomfactory.make_dataset(rows, columns, frames, bits_stored=12, pixels=pixels,
+                                     patient=("P-INGEST", "Ingest^Test"))
 
 
 def dicom_bytes(rows: int = 16, columns: int = 16, frames: int | None = None) -> bytes:

@@ -16,12 +16,10 @@ import pydicom
 import pytest
 import simplejpeg
 from flask.testing import FlaskClient
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    SecondaryCaptureImageStorage,
     generate_uid,
 )
 from sqlalchemy import func, select
@@ -29,6 +27,9 @@ from sqlalchemy import func, select
 from viewer import Services
 from viewer.db import Instance
 from viewer.headers import codestream_size
+
+from . import dicomfactory
+from .dicomfactory import encode
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
@@ -40,33 +41,9 @@ PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 def make_dataset(rows: int = 16, columns: int = 16, bits: int = 16,
                  pixels: bytes | None = None, photometric: str = "MONOCHROME2") -> Dataset:
     """A small valid grey image (16 or 8 bits) with fresh UIDs."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "P-MALFORMED"
-    ds.PatientName = "Malformed^Test"
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    if pixels is None:
-        values = np.arange(rows * columns, dtype=np.uint32) % 200
-        pixels = values.astype("<u2" if bits == 16 else "u1").tobytes()
-    ds.PixelData = pixels
-    ds["PixelData"].VR = "OW" if bits == 16 else "OB"
-    return ds
-
-
-def encode(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicomfactory.make_dataset(rows, columns, bits=bits, pixels=pixels,
+                                     photometric=photometric,
+                                     patient=("P-MALFORMED", "Malformed^Test"))
 
 
 def with_value(keyword: str, value: object, vr: str | None = None) -> bytes:
