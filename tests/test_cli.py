@@ -52,10 +52,10 @@ def test_import_tokens_and_gunicorn_serve_the_same_folder(tmp_path: Path, corpus
     try:
         url = f"http://127.0.0.1:{port}/dicom-web/studies"
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while True:
             try:
-                with urllib.request.urlopen(request, timeout=5) as response:
+                with urllib.request.urlopen(request, timeout=30) as response:
                     studies = json.load(response)
                 break
             except (ConnectionError, urllib.error.URLError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,7 +235,13 @@ def test_login_link_is_single_use_and_pages_work(client: FlaskClient, services, 
     assert study.status_code == 200
     assert b"data-api-url" in study.data
     assert client.get("/api/studies").status_code == 200
-    client.post("/signout")
+    refused = client.post("/signout")
+    assert refused.status_code == 403 and b"CSRF" in refused.data
+    assert client.get("/api/studies").status_code == 200
+    token = re.search(rb'name="csrf-token" content="([^"]+)"', page.data)
+    assert token is not None
+    signed_out = client.post("/signout", data={"csrf_token": token.group(1).decode()})
+    assert signed_out.status_code == 302
     assert client.get("/api/studies").status_code == 401
     reused = client.get(f"/login/{secret}")
     assert reused.status_code == 400

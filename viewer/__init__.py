@@ -44,7 +44,7 @@ class Services:
 
 
 def services_for(config: Config) -> Services:
-    engine, sessions = init_db(config.database_url)
+    engine, sessions = init_db(config.database_url, config.data_dir / "migrate.lock")
     store = ObjectStore(config.storage_dir, config.data_dir / "tmp")
     store.clean_staging()
     limits = Limits(
@@ -98,9 +98,10 @@ def create_app(config: Config | None = None) -> Flask:
         if db is not None:
             db.close()
 
-    from viewer import api, dicomweb, pages, security
+    from viewer import api, dicomweb, pages, security, signin
 
     security.init_app(app)
+    signin.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(dicomweb.bp)

@@ -14,13 +14,14 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from flask import abort, current_app, g, request, session
+from flask import abort, current_app, g, request
 from sqlalchemy import ColumnElement, Select, bindparam, false, select, true
 from sqlalchemy.orm import Session
 
-from viewer.db import ApiToken, Instance, LoginLink, Series, Study, utcnow
+from viewer import audit, websessions
+from viewer.db import ApiToken, Instance, LoginLink, Patient, PatientLink, Series, Study, utcnow
 
 ROLES = ("admin", "uploader", "reader")
 # A revoked token stops working within this many seconds in every worker.
@@ -35,6 +36,7 @@ class Principal:
     kind: str  # "token" or "session"
     name: str
     role: str
+    user_pk: int | None = None
 
 
 def token_hash(token: str) -> str:
@@ -67,6 +69,7 @@ def create_login_link(db: Session, name: str, role: str = "admin") -> str:
 
 
 def redeem_login_link(db: Session, secret: str) -> Principal | None:
+    """The principal a one-time link signs in as; None if unknown, used or expired."""
     link = db.scalars(select(LoginLink).filter_by(token_hash=token_hash(secret))).first()
     now: datetime = utcnow()
     if link is None or link.used_at is not None or link.expires_at < now:
@@ -103,18 +106,14 @@ def _bearer(services: Any) -> Principal | None:
 def current_principal() -> Principal | None:
     """The caller of this request (bearer token first, then the session cookie)."""
     if "principal" not in g:
-        principal = _bearer(current_app.extensions["viewer"])
-        if principal is None and isinstance(session.get("principal"), dict):
-            data = session["principal"]
-            principal = Principal("session", str(data.get("name")), str(data.get("role")))
+        services = current_app.extensions["viewer"]
+        principal = _bearer(services)
+        if principal is None:
+            current = websessions.load(services.db())
+            if current is not None:
+                principal = Principal("session", current.name, current.role, current.user_pk)
         g.principal = principal
     return g.principal
-
-
-def sign_in(principal: Principal) -> None:
-    session.clear()
-    session["principal"] = {"name": principal.name, "role": principal.role}
-    session.permanent = True
 
 
 def require_principal() -> Principal:
@@ -125,8 +124,25 @@ def require_principal() -> Principal:
 
 
 def study_filter(principal: Principal) -> ColumnElement[bool]:
-    """The condition on ``Study`` that limits a query to what ``principal`` may see."""
-    return true() if principal.role in ROLES else false()
+    """The condition on ``Study`` that limits a query to what ``principal`` may see.
+
+    Staff see every study; a patient sees the studies of the DICOM patient ids
+    (with issuer) linked to their account; anyone else sees nothing.
+    """
+    if principal.role in ROLES:
+        return true()
+    if principal.role == "patient" and principal.user_pk is not None:
+        mine = (
+            select(Patient.id)
+            .join(
+                PatientLink,
+                (PatientLink.patient_id == Patient.patient_id)
+                & (PatientLink.issuer == Patient.issuer),
+            )
+            .where(PatientLink.user_pk == principal.user_pk)
+        )
+        return Study.patient_pk.in_(mine)
+    return false()
 
 
 def visible_studies(principal: Principal) -> Select:
@@ -171,15 +187,31 @@ def find_instance_ref(
         statement, {"study": study_uid, "series": series_uid, "sop": sop_uid}
     ).first()
     if row is None:
-        abort(404, description="no such instance here")
+        refuse(principal, study_uid, "instance here")
     return InstanceRef(*row)
+
+
+def refuse(principal: Principal, study_uid: str, what: str) -> NoReturn:
+    """404 (never 'forbidden': that would confirm the study exists), and audit it."""
+    services = current_app.extensions["viewer"]
+    audit.record(services.sessions, "study-viewed", "refused: not found or not permitted",
+                 user_pk=principal.user_pk, actor=principal.name, study_uid=study_uid[:64])
+    abort(404, description=f"no such {what}")
 
 
 def find_study(db: Session, principal: Principal, study_uid: str) -> Study:
     study = db.scalars(visible_studies(principal).where(Study.study_uid == study_uid)).first()
     if study is None:
-        abort(404, description="no such study")
+        refuse(principal, study_uid, "study")
     return study
+
+
+def record_view(principal: Principal, study: Study) -> None:
+    """Audit that ``principal`` opened ``study`` (once per page or study document)."""
+    services = current_app.extensions["viewer"]
+    audit.record(services.sessions, "study-viewed", user_pk=principal.user_pk,
+                 actor=principal.name, patient_id=study.patient.patient_id,
+                 issuer=study.patient.issuer, study_uid=study.study_uid)
 
 
 def find_series(db: Session, principal: Principal, study_uid: str, series_uid: str) -> Series:
@@ -188,5 +220,5 @@ def find_series(db: Session, principal: Principal, study_uid: str, series_uid: s
         select(Series).where(Series.study_pk == study.id, Series.series_uid == series_uid)
     ).first()
     if series is None:
-        abort(404, description="no such series in this study")
+        refuse(principal, study_uid, "series in this study")
     return series

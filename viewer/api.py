@@ -12,10 +12,16 @@ from flask import Blueprint, current_app, jsonify, url_for
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from viewer.access import find_series, find_study, require_principal, visible_studies
+from viewer.access import (
+    find_series,
+    find_study,
+    record_view,
+    require_principal,
+    visible_studies,
+)
 from viewer.db import Instance, Patient, Series, Study
 from viewer.render import RenderError, auto_window, full_window
-from viewer.series import representative, series_stacks
+from viewer.series import representative, series_stacks, study_series
 from viewer.stacks import Stack
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -95,9 +101,8 @@ def study(study_uid: str):
     db = _services().db()
     principal = require_principal()
     found = find_study(db, principal, study_uid)
-    series_list = db.scalars(
-        select(Series).where(Series.study_pk == found.id).order_by(Series.number, Series.id)
-    ).all()
+    record_view(principal, found)
+    series_list = study_series(db, found.id)
     counts = dict(
         db.execute(
             select(Instance.series_pk, func.count(Instance.id))

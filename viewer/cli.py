@@ -7,20 +7,25 @@ Configuration comes from the same ``VIEWER_*`` variables as the server, so
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from sqlalchemy import select
 
-from viewer import Services, services_for
+from viewer import Services, audit, services_for
 from viewer.access import ROLES, create_login_link, create_token
+from viewer.accounts import STAFF_ROLES, AccountError, create_user
 from viewer.config import SETTINGS, ConfigError, load_config
-from viewer.db import ApiToken, utcnow
+from viewer.db import ApiToken, User, utcnow
 from viewer.ingest import Summary
+from viewer.passwords import PasswordRejected
 
 
 class Progress:
@@ -84,6 +89,68 @@ def cmd_tokens(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_PATIENT = "demo-patient"
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise AccountError("no terminal to ask for the password: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise AccountError("the two passwords differ")
+    return first
+
+
+def cmd_users(services: Services, args: argparse.Namespace) -> int:
+    with services.sessions() as db:
+        if args.action == "list":
+            for user in db.scalars(select(User).order_by(User.id)):
+                ids = ", ".join(f"{link.patient_id}@{link.issuer}" if link.issuer
+                                else link.patient_id for link in user.links)
+                state = "disabled" if user.disabled_at else "active"
+                print(f"{user.id}\t{user.username}\t{user.role}\t{state}\t{ids}")
+            return 0
+        patient = args.action == "create-patient"
+        if patient and not args.two_factor and services.config.require_2fa:
+            raise AccountError("patients must use two-factor (VIEWER_REQUIRE_2FA=true)")
+        enrolment = create_user(
+            db,
+            args.username,
+            _read_password(args),
+            kind="patient" if patient else "staff",
+            role="patient" if patient else args.role,
+            patient_ids=[(pid, args.issuer) for pid in args.patient_id] if patient else [],
+            display_name=args.display_name,
+            email=args.email,
+            two_factor=args.two_factor,
+        )
+    audit.record(services.sessions, "account-created", user_pk=enrolment.user.id,
+                 actor="cli", detail={"username": enrolment.user.username})
+    print(f"Created {enrolment.user.role} account {enrolment.user.username!r}.")
+    if enrolment.recovery_codes:
+        print("Recovery codes (shown once; each works once instead of an app code):")
+        for code in enrolment.recovery_codes:
+            print(f"  {code}")
+        print("Add this to an authenticator app (or scan it as a QR code):")
+        print(enrolment.otpauth_uri)
+    return 0
+
+
+def cmd_audit(services: Services, args: argparse.Namespace) -> int:
+    try:
+        since = datetime.fromisoformat(args.since)
+    except ValueError:
+        print(f"viewer: --since {args.since!r} is not a date like 2026-11-30", file=sys.stderr)
+        return 2
+    if since.tzinfo is not None:
+        since = since.astimezone(UTC).replace(tzinfo=None)
+    for line in audit.export(services.sessions, since):
+        print(line)
+    return 0
+
+
 def cmd_login_link(services: Services, args: argparse.Namespace) -> int:
     with services.sessions() as db:
         secret = create_login_link(db, args.name, args.role)
@@ -101,12 +168,33 @@ def cmd_demo(services: Services, args: argparse.Namespace) -> int:
         summary = services.importer.import_paths(paths, progress=Progress(sys.stderr))
     print("Demo study: ", end="")
     print_summary(summary, sys.stdout)
+    _demo_patient(services)
     extra = services.config.demo_data
     if extra:
         summary = services.importer.import_paths([Path(extra)], progress=Progress(sys.stderr))
         print(f"VIEWER_DEMO_DATA ({extra}): ", end="")
         print_summary(summary, sys.stdout)
     return 0
+
+
+def _demo_patient(services: Services) -> None:
+    """A demo patient account for the demo study; its sign-in details are kept beside
+    the data (mode 0600) and printed, since a demo must be easy to enter."""
+    path = services.config.data_dir / "demo-patient.txt"
+    with services.sessions() as db:
+        if db.scalars(select(User).where(User.username == DEMO_PATIENT)).first() is None:
+            password = "-".join(secrets.token_urlsafe(6) for _ in range(3))
+            enrolment = create_user(db, DEMO_PATIENT, password, kind="patient", role="patient",
+                                    patient_ids=[("DEMO-0001", "VIEWER-DEMO")],
+                                    display_name="Alex Demo")
+            secret = enrolment.user.totp_secret
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"username: {DEMO_PATIENT}\npassword: {password}\n"
+                             f"totp secret: {secret}\n{enrolment.otpauth_uri}\n")
+    if path.exists():
+        print("Demo patient (sign in at /signin with a code from an authenticator app):")
+        print("".join(f"  {line}" for line in path.read_text().splitlines(keepends=True)), end="")
 
 
 def cmd_serve(services: Services, args: argparse.Namespace) -> int:
@@ -148,6 +236,34 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", type=int)
     p.set_defaults(func=cmd_tokens)
 
+    p = sub.add_parser("users", help="patient and staff accounts")
+    users = p.add_subparsers(dest="action", required=True)
+    for name, helptext in (("create-patient", "a patient linked to DICOM patient ids"),
+                           ("create-staff", "a staff account")):
+        q = users.add_parser(name, help=helptext)
+        q.add_argument("username")
+        if name == "create-patient":
+            q.add_argument("--patient-id", action="append", required=True,
+                           help="DICOM PatientID (repeat for several)")
+            q.add_argument("--issuer", default="",
+                           help="IssuerOfPatientID of those ids, exactly as in the files")
+        else:
+            q.add_argument("--role", choices=STAFF_ROLES, required=True)
+        q.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of standard input")
+        q.add_argument("--display-name", default="")
+        q.add_argument("--email", default="")
+        q.add_argument("--no-2fa", dest="two_factor", action="store_false",
+                       help="no authenticator app (refused for patients while VIEWER_REQUIRE_2FA)")
+    users.add_parser("list", help="list accounts")
+    p.set_defaults(func=cmd_users)
+
+    p = sub.add_parser("audit", help="the audit trail")
+    audits = p.add_subparsers(dest="action", required=True)
+    q = audits.add_parser("export", help="print audit records as JSON lines")
+    q.add_argument("--since", required=True, help="a date or date-time, e.g. 2026-11-01")
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("login-link", help="print a one-time link that signs a browser in")
     p.add_argument("--base", default="http://127.0.0.1:8000")
     p.add_argument("--name", default="demo")
@@ -174,7 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"viewer: configuration error: {exc}", file=sys.stderr)
         return 2
-    return int(args.func(services, args) or 0)
+    try:
+        return int(args.func(services, args) or 0)
+    except (AccountError, PasswordRejected) as exc:
+        print(f"viewer: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

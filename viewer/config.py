@@ -81,6 +81,12 @@ SETTINGS: tuple[Setting, ...] = (
             "frame accepted by import.", _positive_int),
     Setting("VIEWER_MAX_FRAMES", "4096", "Most frames in one instance accepted by import.",
             _positive_int),
+    Setting("VIEWER_SESSION_IDLE_MINUTES", "15", "A signed-in browser is signed out after "
+            "this many minutes without a request.", _positive_int),
+    Setting("VIEWER_SESSION_MAX_HOURS", "12", "A sign-in lasts at most this many hours, "
+            "however active.", _positive_int),
+    Setting("VIEWER_REQUIRE_2FA", "true", "Patients must use an authenticator app (TOTP) "
+            "to sign in.", _bool),
     Setting("VIEWER_LOG_LEVEL", "info", "gunicorn and application log level.", _text),
     Setting("VIEWER_DEMO_DATA", "", "Extra folder of DICOM files that `make run` imports "
             "beside the generated demo study.", _text),
@@ -103,6 +109,9 @@ class Config:
     max_file_mb: int
     max_frame_pixels: int
     max_frames: int
+    session_idle_minutes: int
+    session_max_hours: int
+    require_2fa: bool
     log_level: str
     demo_data: str
     secure_cookies: str
@@ -174,6 +183,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         max_file_mb=values["VIEWER_MAX_FILE_MB"],
         max_frame_pixels=values["VIEWER_MAX_FRAME_PIXELS"],
         max_frames=values["VIEWER_MAX_FRAMES"],
+        session_idle_minutes=values["VIEWER_SESSION_IDLE_MINUTES"],
+        session_max_hours=values["VIEWER_SESSION_MAX_HOURS"],
+        require_2fa=values["VIEWER_REQUIRE_2FA"],
         log_level=values["VIEWER_LOG_LEVEL"],
         demo_data=values["VIEWER_DEMO_DATA"],
         secure_cookies=values["VIEWER_SECURE_COOKIES"],

@@ -6,10 +6,15 @@ SQLite (the default) and PostgreSQL (scale-out) on the same code.
 
 from __future__ import annotations
 
+import fcntl
 from datetime import UTC, datetime
+from pathlib import Path
 
+from alembic import command
+from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Float,
     ForeignKey,
     Index,
@@ -19,8 +24,15 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+# A number that may exceed 32 bits (real files carry InstanceNumber/SeriesNumber past
+# 2**31 in their 12 IS characters; files can pass 2 GiB): BIGINT on PostgreSQL, which
+# range-checks INTEGER; plain INTEGER (already 64-bit) on SQLite, as before.
+BigNumber = BigInteger().with_variant(Integer(), "sqlite")
+# Key of the advisory lock that serialises migrations on PostgreSQL.
+SCHEMA_LOCK = 0x76696577  # "view"
 
 
 def utcnow() -> datetime:
@@ -71,7 +83,7 @@ class Series(Base):
     series_uid: Mapped[str] = mapped_column(String(64), unique=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     modality: Mapped[str] = mapped_column(String(16), default="", index=True)
-    number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    number: Mapped[int | None] = mapped_column(BigNumber, nullable=True)
     description: Mapped[str] = mapped_column(String(64), default="")
     body_part: Mapped[str] = mapped_column(String(64), default="")
 
@@ -86,7 +98,7 @@ class Instance(Base):
     sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
-    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    instance_number: Mapped[int | None] = mapped_column(BigNumber, nullable=True)
     transfer_syntax: Mapped[str] = mapped_column(String(64), default="")
     rows: Mapped[int] = mapped_column(Integer, default=0)
     columns: Mapped[int] = mapped_column(Integer, default=0)
@@ -94,7 +106,7 @@ class Instance(Base):
     photometric: Mapped[str] = mapped_column(String(16), default="")
     bits_allocated: Mapped[int] = mapped_column(Integer, default=0)
     file_hash: Mapped[str] = mapped_column(String(64), index=True)
-    file_size: Mapped[int] = mapped_column(Integer)
+    file_size: Mapped[int] = mapped_column(BigNumber)
     stored_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -147,6 +159,96 @@ class LoginLink(Base):
     used_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
+class User(Base):
+    """A person who signs in: a patient (linked to DICOM patient ids) or staff."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "patient" or "staff"
+    role: Mapped[str] = mapped_column(String(32))  # "patient", "admin", "uploader", "reader"
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    email: Mapped[str] = mapped_column(String(320), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    totp_last_counter: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    recovery_codes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    links: Mapped[list[PatientLink]] = relationship(
+        back_populates="user", cascade="all, delete-orphan"
+    )
+
+
+class PatientLink(Base):
+    """A DICOM PatientID (with issuer) whose studies belong to a patient account."""
+
+    __tablename__ = "patient_links"
+    __table_args__ = (UniqueConstraint("user_pk", "patient_id", "issuer"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+
+    user: Mapped[User] = relationship(back_populates="links")
+
+
+class WebSession(Base):
+    """A signed-in browser, kept on the server; the cookie holds only a random id."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_pk: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(32))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Throttle(Base):
+    """Failed sign-ins per account or per address, for growing delays and locks."""
+
+    __tablename__ = "throttles"
+    __table_args__ = (UniqueConstraint("scope", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))  # "account" or "address"
+    key: Mapped[str] = mapped_column(String(128))
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[datetime] = mapped_column(default=utcnow)
+    last_failure_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class AuditEvent(Base):
+    """One append-only audit record (PS3.15 A.5.3.6 fields); never updated or deleted."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(64))  # e.g. "login", "study-viewed"
+    event_code: Mapped[str] = mapped_column(String(16), default="")  # DCM code, e.g. 110103
+    action: Mapped[str] = mapped_column(String(1), default="E")  # C R U D E
+    outcome: Mapped[str] = mapped_column(String(256), default="success")
+    user_pk: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    actor: Mapped[str] = mapped_column(String(256), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
 Index("ix_instances_series_number", Instance.series_pk, Instance.instance_number)
 
 
@@ -167,7 +269,38 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def init_db(url: str) -> tuple[Engine, sessionmaker]:
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(connection: Connection) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine, lock_path: Path) -> None:
+    """Bring the schema to the newest migration (Alembic), one process at a time.
+
+    Workers and CLI commands all call this at start; the file lock keeps two
+    of them on one machine from migrating at once, and a schema already at the
+    head costs one query.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    # Hosts share the database but not the lock file: a transaction
+                    # lock in PostgreSQL keeps their migrations apart too.
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                command.upgrade(alembic_config(connection), "head")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def init_db(url: str, lock_path: Path) -> tuple[Engine, sessionmaker]:
     engine = make_engine(url)
-    Base.metadata.create_all(engine)
+    migrate(engine, lock_path)
     return engine, sessionmaker(engine, expire_on_commit=False)

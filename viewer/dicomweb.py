@@ -30,7 +30,7 @@ from viewer.access import (
 )
 from viewer.db import Instance, Patient, Series, Study
 from viewer.render import RenderError, apply_viewport, burn_in, encode, to_display
-from viewer.series import representative, series_stacks
+from viewer.series import representative, series_stacks, study_series
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
@@ -217,7 +217,8 @@ def _search_series(study_uid: str | None) -> Response:
         stmt = _match(stmt, Series.series_uid, filters["SeriesInstanceUID"], "uid")
     if "Modality" in filters:
         stmt = _match(stmt, Series.modality, filters["Modality"])
-    rows = db.execute(stmt.order_by(Series.number, Series.id).limit(limit).offset(offset)).all()
+    order = (Series.number.nulls_first(), Series.id)
+    rows = db.execute(stmt.order_by(*order).limit(limit).offset(offset)).all()
     return _dicom_json([_series_json(db, s, st) for s, st in rows], warnings)
 
 
@@ -274,7 +275,9 @@ def _search_instances(study_uid: str | None, series_uid: str | None) -> Response
     if "SOPInstanceUID" in filters:
         stmt = _match(stmt, Instance.sop_uid, filters["SOPInstanceUID"], "uid")
     rows = db.execute(
-        stmt.order_by(Instance.instance_number, Instance.id).limit(limit).offset(offset)
+        stmt.order_by(Instance.instance_number.nulls_first(), Instance.id)
+        .limit(limit)
+        .offset(offset)
     ).all()
     return _dicom_json([_instance_json(i, se, st) for i, se, st in rows], warnings)
 
@@ -396,9 +399,7 @@ def study_rendered(study_uid: str) -> Response:
     params = _params()
     db = _services().db()
     study = find_study(db, require_principal(), study_uid)
-    series_list = db.scalars(
-        select(Series).where(Series.study_pk == study.id).order_by(Series.number, Series.id)
-    ).all()
+    series_list = study_series(db, study.id)
     items = [item for s in series_list for item in _series_items(db, s)]
     labels = _labels(None, series_list[0], study, params) if series_list else {}
     return _multipart(items, params, labels)
@@ -452,9 +453,7 @@ def study_thumbnail(study_uid: str) -> Response:
     params = _params(thumbnail=True)
     db = _services().db()
     study = find_study(db, require_principal(), study_uid)
-    for series in db.scalars(
-        select(Series).where(Series.study_pk == study.id).order_by(Series.number, Series.id)
-    ):
+    for series in study_series(db, study.id):
         chosen = representative(series_stacks(db, series))
         if chosen is not None:
             return _single(chosen.file_hash, chosen.frame, params, {})

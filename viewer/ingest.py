@@ -474,7 +474,7 @@ def describe(ds: Dataset) -> Record:
             "sop_class_uid": text(ds, "SOPClassUID"),
             "instance_number": _int(ds, "InstanceNumber"),
             "transfer_syntax": (
-                str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
+                str(ds.file_meta.get("TransferSyntaxUID", ""))[:64] if ds.file_meta else ""
             ),
             "rows": _int(ds, "Rows") or 0,
             "columns": _int(ds, "Columns") or 0,

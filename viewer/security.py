@@ -50,7 +50,7 @@ def error_response(status: int, message: str) -> Response:
             response.headers["WWW-Authenticate"] = 'Bearer realm="viewer"'
         return response
     if status == 401:
-        return redirect(url_for("pages.signin", next=request.path))  # type: ignore[return-value]
+        return redirect(url_for("signin.signin_form", next=request.path))  # type: ignore[return-value]
     html = render_template(
         "error.html", status=status, title=TITLES.get(status, "Error"), message=message
     )

@@ -43,6 +43,17 @@ def series_slices(db: Session, series: Series) -> list[Slice]:
     ]
 
 
+def study_series(db: Session, study_pk: int) -> list[Series]:
+    """A study's series in series-number order (unnumbered first, on every database)."""
+    return list(
+        db.scalars(
+            select(Series)
+            .where(Series.study_pk == study_pk)
+            .order_by(Series.number.nulls_first(), Series.id)
+        )
+    )
+
+
 def series_stacks(db: Session, series: Series) -> list[Stack]:
     return build_stacks(series_slices(db, series))
 

@@ -1,0 +1,126 @@
+"""Server-side browser sessions (security.md, "Passwords and sessions").
+
+The cookie carries only a 256-bit random id; the server keeps its SHA-256
+with the role, a CSRF token, and the idle and absolute deadlines. A new id is
+issued at every sign-in, sign-out ends the row on the server, and a request
+on an ended or expired session is treated as not signed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import Flask, Response, current_app, g, request
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from viewer.db import WebSession, utcnow
+
+# last_seen_at is written at most this often, so image requests do not each write.
+TOUCH_INTERVAL = timedelta(seconds=30)
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+
+
+@dataclass(frozen=True)
+class Current:
+    """The session of this request."""
+
+    row_id: int
+    user_pk: int | None
+    name: str
+    role: str
+    csrf_token: str
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def cookie_name(app: Flask) -> str:
+    return str(app.config["SESSION_COOKIE_NAME"])
+
+
+def start(db: Session, *, user_pk: int | None, name: str, role: str) -> tuple[str, Current]:
+    """A new session (new id at every sign-in); returns the cookie value and the row."""
+    config = current_app.extensions["viewer"].config
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    row = WebSession(
+        token_hash=_hash(token),
+        user_pk=user_pk,
+        name=name,
+        role=role,
+        csrf_token=secrets.token_urlsafe(32),
+        address=request.remote_addr or "",
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + timedelta(hours=config.session_max_hours),
+    )
+    db.add(row)
+    db.commit()
+    current = Current(row.id, user_pk, name, role, row.csrf_token)
+    g.web_session = current
+    return token, current
+
+
+def set_cookie(response: Response, token: str) -> None:
+    app = current_app
+    response.set_cookie(
+        cookie_name(app),
+        token,
+        max_age=int(current_app.extensions["viewer"].config.session_max_hours * 3600),
+        path="/",
+        secure=bool(app.config["SESSION_COOKIE_SECURE"]),
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+def clear_cookie(response: Response) -> None:
+    response.delete_cookie(
+        cookie_name(current_app), path="/", secure=bool(current_app.config["SESSION_COOKIE_SECURE"])
+    )
+
+
+def load(db: Session) -> Current | None:
+    """The valid session named by this request's cookie, or None."""
+    if "web_session" in g:
+        return g.web_session
+    current = None
+    token = request.cookies.get(cookie_name(current_app))
+    if token:
+        config = current_app.extensions["viewer"].config
+        row = db.scalars(select(WebSession).filter_by(token_hash=_hash(token))).first()
+        now = utcnow()
+        idle = timedelta(minutes=config.session_idle_minutes)
+        if (
+            row is not None
+            and row.ended_at is None
+            and now < row.expires_at
+            and now - row.last_seen_at < idle
+        ):
+            if now - row.last_seen_at > TOUCH_INTERVAL:
+                db.execute(update(WebSession).where(WebSession.id == row.id).values(
+                    last_seen_at=now))
+                db.commit()
+            current = Current(row.id, row.user_pk, row.name, row.role, row.csrf_token)
+    g.web_session = current
+    return current
+
+
+def end(db: Session, current: Current) -> None:
+    db.execute(update(WebSession).where(WebSession.id == current.row_id).values(ended_at=utcnow()))
+    db.commit()
+    g.web_session = None
+
+
+def csrf_ok(current: Current) -> bool:
+    """A state-changing request must echo the session's CSRF token (header or form field)."""
+    sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
+    return hmac.compare_digest(sent.encode(), current.csrf_token.encode())
+
