@@ -77,7 +77,8 @@ def signin_submit() -> Response:
     try:
         user = _attempt(form.get("username", ""), form.get("password", ""), form.get("code", ""))
     except SignInRefused as refused:
-        status = 429 if refused.retry_after else 401
+        # The form page is shown again with the message (200); only throttling is a 429.
+        status = 429 if refused.retry_after else 200
         html = render_template("signin.html", next=form.get("next", ""), error=refused.message,
                                username=form.get("username", ""))
         response = Response(html, status=status, mimetype="text/html")

@@ -446,3 +446,46 @@ def test_readme_screenshot(desktop: Session, server: Server) -> None:
         DOCS.mkdir(exist_ok=True)
         target.write_bytes(shot)
     desktop.assert_clean_console()
+
+
+def test_patient_signs_in_with_totp_and_sees_only_their_study(
+    browser: Any, server: Server
+) -> None:
+    """The demo patient (created by `viewer demo`) signs in with a code computed here."""
+    import pyotp
+
+    details = dict(
+        line.split(": ", 1)
+        for line in (Path(server.env["VIEWER_DATA_DIR"]) / "demo-patient.txt")
+        .read_text()
+        .splitlines()
+        if ": " in line
+    )
+    session = open_session(browser, {"cookies": [], "origins": []}, **PHONE)
+    page = session.page
+    try:
+        page.goto(server.base + "/")
+        expect(page).to_have_url(f"{server.base}/signin?next=/", timeout=TIMEOUT_MS)
+        page.get_by_label("Username").fill(details["username"])
+        page.get_by_label("Password").fill("not the password")
+        page.get_by_label("Code from your authenticator app").fill("000000")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_contain_text("not right")
+        page.get_by_label("Password").fill(details["password"])
+        page.get_by_label("Code from your authenticator app").fill(
+            pyotp.TOTP(details["totp secret"]).now()
+        )
+        page.screenshot(path=str(ARTIFACTS / "signin.png"))
+        page.get_by_role("button", name="Sign in").click()
+        cards = page.locator(".study-link")
+        expect(cards).to_have_count(1, timeout=TIMEOUT_MS)
+        expect(cards.first).to_contain_text("MRI Brain")
+        cards.first.click()
+        expect(page.locator("#viewport")).to_have_attribute("data-state", "ready")
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(f"{server.base}/signin", timeout=TIMEOUT_MS)
+        page.goto(server.base + "/")
+        expect(page).to_have_url(f"{server.base}/signin?next=/", timeout=TIMEOUT_MS)
+        session.assert_clean_console()
+    finally:
+        session.context.close()
