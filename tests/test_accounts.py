@@ -252,3 +252,19 @@ def test_cli_create_patient_prints_the_provisioning_uri_last(tmp_path: Path) -> 
     events = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [e["event"] for e in events] == ["account-created"]
     assert events[0]["event_code"] == "110110"
+
+
+def test_who_viewed_my_images(app: Flask, services: Services, two_patients: dict) -> None:  # type: ignore[type-arg]
+    alice_totp, alice = two_patients["alice"]
+    bob_totp, _ = two_patients["bob"]
+    alice_client, bob_client = app.test_client(), app.test_client()
+    assert sign_in(alice_client, "alice", alice_totp.now()).status_code == 201
+    assert sign_in(bob_client, "bob", bob_totp.now()).status_code == 201
+    assert alice_client.get(f"/studies/{alice['study']}").status_code == 200
+    assert bob_client.get(f"/api/studies/{alice['study']}").status_code == 404
+    page = alice_client.get("/activity").get_data(as_text=True)
+    assert "Who viewed my images" in page
+    assert re.search(r"<td>alice.*?</td>\s*<td>opened</td>", page, re.S)
+    assert re.search(r"<td>bob.*?</td>\s*<td>opened <span[^>]*>\(refused", page, re.S)
+    others = bob_client.get("/activity").get_data(as_text=True)
+    assert "alice" not in others

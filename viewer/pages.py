@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, url_for
+from sqlalchemy import select
 
-from viewer.access import find_study, require_principal
+from viewer.access import find_study, record_view, require_principal, visible_studies
 from viewer.api import list_studies, study_summaries
+from viewer.db import AuditEvent
 
 bp = Blueprint("pages", __name__)
 
@@ -22,9 +24,45 @@ def index() -> str:
 @bp.get("/studies/<string(maxlength=64):study_uid>")
 def study(study_uid: str) -> str:
     db = _db()
-    found = find_study(db, require_principal(), study_uid)
+    principal = require_principal()
+    found = find_study(db, principal, study_uid)
+    record_view(principal, found)
     return render_template(
         "study.html",
         study=study_summaries(db, [found])[0],
         api_url=url_for("api.study", study_uid=study_uid),
     )
+
+
+ACTIVITY_WORDS = {
+    "study-viewed": "opened",
+    "study-downloaded": "downloaded",
+    "login": "signed in",
+    "logout": "signed out",
+}
+
+
+@bp.get("/activity")
+def activity() -> str:
+    """"Who viewed my images": every recorded access to the caller's studies, newest first."""
+    db = _db()
+    principal = require_principal()
+    studies = {s.study_uid: s for s in db.scalars(visible_studies(principal))}
+    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(500)
+    if principal.role == "patient":
+        stmt = stmt.where(
+            AuditEvent.study_uid.in_(list(studies)) | (AuditEvent.user_pk == principal.user_pk)
+        )
+    events = [
+        {
+            "at": event.at.strftime("%Y-%m-%d %H:%M") + " UTC",
+            "who": event.actor or "someone",
+            "what": ACTIVITY_WORDS.get(event.event, event.event.replace("-", " ")),
+            "study": studies[event.study_uid].description or "a study"
+            if event.study_uid in studies else "",
+            "outcome": "" if event.outcome == "success" else event.outcome,
+            "address": event.address,
+        }
+        for event in db.scalars(stmt)
+    ]
+    return render_template("activity.html", events=events)
