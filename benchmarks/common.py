@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts.
 
 Paths and test data, statistics, child processes (started in their own process
-group so they can always be stopped), a small threaded HTTP load generator,
+group so they can always be stopped), HTTP load generators (threaded Python, or wrk),
 result files and the Markdown table every script prints.
 
 The scripts are run as files (``python benchmarks/render.py``), which puts the
@@ -17,11 +17,14 @@ import http.client
 import json
 import os
 import platform
+import resource
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -78,37 +81,75 @@ def ge_middle_slice() -> Path:
     return numbered[len(numbered) // 2][1]
 
 
-def make_512_slice(source: Path, folder: Path) -> Path:
-    """Write a 512x512 copy of a 256x256 slice into ``folder`` and return its path.
+def _upsampled_2x(ds: Any, series_uid: str | None = None) -> Any:
+    """``ds`` with its int pixels upsampled 2x and a SOP Instance UID derived from the old one.
 
-    There is no 512x512 series in the corpus, so one is made: the int16 pixels
-    are upsampled 2x (bilinear, Pillow mode ``F``, rounded back to int16), Rows,
-    Columns and Pixel Spacing are updated and the file gets a new SOP Instance
-    UID. Everything else (window, rescale, transfer syntax) is kept.
+    Bilinear (Pillow mode ``F``), rounded back to the original integer type;
+    Rows, Columns and Pixel Spacing follow; everything else (position,
+    orientation, window, rescale, transfer syntax) is kept. The new UIDs are
+    derived from the old ones, so the same input always gives the same output.
     """
     import numpy as np
-    import pydicom
     from PIL import Image
     from pydicom.uid import generate_uid
 
-    ds = pydicom.dcmread(source)
-    pixels = ds.pixel_array.astype(np.float32)
-    rows, columns = pixels.shape
-    resized = Image.fromarray(pixels, mode="F").resize(
+    original = ds.pixel_array
+    rows, columns = original.shape
+    resized = Image.fromarray(original.astype(np.float32), mode="F").resize(
         (columns * 2, rows * 2), Image.Resampling.BILINEAR
     )
-    info = np.iinfo(ds.pixel_array.dtype)
-    upsampled = np.rint(np.asarray(resized)).clip(info.min, info.max).astype(ds.pixel_array.dtype)
+    info = np.iinfo(original.dtype)
+    upsampled = np.rint(np.asarray(resized)).clip(info.min, info.max).astype(original.dtype)
     ds.Rows, ds.Columns = upsampled.shape
     if "PixelSpacing" in ds:
         ds.PixelSpacing = [float(v) / 2 for v in ds.PixelSpacing]
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), "upsampled-512"])
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
     ds.PixelData = upsampled.tobytes()
+    return ds
+
+
+def make_512_slice(source: Path, folder: Path) -> Path:
+    """Write a 512x512 copy of a 256x256 slice into ``folder`` and return its path.
+
+    There is no 512x512 series in the corpus, so one is made: see ``_upsampled_2x``.
+    """
+    import pydicom
+
+    ds = _upsampled_2x(pydicom.dcmread(source))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "upsampled-512.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def make_512_series(sources: Sequence[Path], folder: Path) -> list[Path]:
+    """Write a 512x512 copy of a whole 256x256 series into ``folder``; return the paths.
+
+    Same study (StudyInstanceUID kept), a new series: SeriesInstanceUID and every
+    SOP Instance UID derived deterministically from the old ones, Series Number
+    + 1000 and " (512x512 upsampled)" appended to the Series Description, so
+    viewers and Orthanc list it next to the original. Position, orientation and
+    the rest of each header are kept; Pixel Spacing is halved.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, source in enumerate(sources):
+        ds = pydicom.dcmread(source)
+        series_uid = generate_uid(entropy_srcs=[str(ds.SeriesInstanceUID), "upsampled-512"])
+        _upsampled_2x(ds, series_uid)
+        if "SeriesNumber" in ds and ds.SeriesNumber not in (None, ""):
+            ds.SeriesNumber = int(ds.SeriesNumber) + 1000
+        ds.SeriesDescription = f"{ds.get('SeriesDescription', '')} (512x512 upsampled)".strip()
+        path = folder / f"{number:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
 
 
 # --- statistics ---------------------------------------------------------------------------
@@ -342,6 +383,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds the whole machine has been busy (all cores) and stolen, from /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
+
+
+def wait_quiet(busy_cores: float = 0.25, window: float = 0.5, timeout: float = 5.0) -> float:
+    """Wait until the machine uses under ``busy_cores`` for ``window`` s (or ``timeout``);
+    return the busy cores of the last window."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = machine_cpu()[0]
+        time.sleep(window)
+        busy = (machine_cpu()[0] - before) / window
+        if busy < busy_cores or time.monotonic() >= deadline:
+            return busy
+
+
 def wait_idle(pids: Sequence[int], quiet: float = 0.3, timeout: float = 15.0) -> None:
     """Wait until none of ``pids`` uses CPU for ``quiet`` seconds (e.g. workers booted)."""
     deadline = time.monotonic() + timeout
@@ -414,10 +478,23 @@ class LoadResult:
     requests: int
     errors: int
     bytes: int
-    statuses: dict[int, int]
-    connections: int
+    statuses: dict[int | str, int]  # HTTP status (wrk: "2xx/3xx", "other") -> count
+    connections: int | None  # connections opened (None: the generator does not say)
     latencies: list[float] = field(repr=False, default_factory=list)
     server_cpu_s: float | None = None  # CPU time the server processes used meanwhile
+    generator: str = "python"  # "python" (run_load) or "wrk" (run_wrk)
+    latency_ms: dict[str, float] | None = None  # given by the generator, else from latencies
+    generator_cpu_s: float | None = None  # CPU time of the load generator itself
+    machine_cpu_s: tuple[float, float] | None = None  # (busy, stolen) CPU s of the machine
+    attempts: int = 1  # runs made for this result (see ``quietest``)
+
+    @property
+    def other_cores(self) -> float | None:
+        """Cores' worth of CPU used meanwhile by neither the server nor the generator."""
+        if self.machine_cpu_s is None or self.server_cpu_s is None or not self.seconds:
+            return None
+        other = self.machine_cpu_s[0] - self.server_cpu_s - (self.generator_cpu_s or 0.0)
+        return max(other, 0.0) / self.seconds
 
     @property
     def per_second(self) -> float:
@@ -426,6 +503,7 @@ class LoadResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "clients": self.clients,
+            "generator": self.generator,
             "seconds": round(self.seconds, 3),
             "requests": self.requests,
             "errors": self.errors,
@@ -433,11 +511,21 @@ class LoadResult:
             "mean_bytes": round(self.bytes / self.requests) if self.requests else 0,
             "statuses": self.statuses,
             "connections_opened": self.connections,
-            "latency": summary_ms(self.latencies),
+            "latency": self.latency_ms or summary_ms(self.latencies),
             "server_cpu_ms_per_request": (
                 round(self.server_cpu_s * 1000 / self.requests, 3)
                 if self.server_cpu_s is not None and self.requests else None
             ),
+            "server_cores": (round(self.server_cpu_s / self.seconds, 2)
+                             if self.server_cpu_s is not None and self.seconds else None),
+            "generator_cores": (round(self.generator_cpu_s / self.seconds, 2)
+                                if self.generator_cpu_s is not None and self.seconds else None),
+            "machine_busy_cores": (round(self.machine_cpu_s[0] / self.seconds, 2)
+                                   if self.machine_cpu_s and self.seconds else None),
+            "machine_steal_cores": (round(self.machine_cpu_s[1] / self.seconds, 2)
+                                    if self.machine_cpu_s and self.seconds else None),
+            "other_cores": None if self.other_cores is None else round(self.other_cores, 2),
+            "attempts": self.attempts,
         }
 
 
@@ -465,7 +553,7 @@ def run_load(
     """
     lock = threading.Lock()
     latencies: list[float] = []
-    statuses: dict[int, int] = {}
+    statuses: dict[int | str, int] = {}
     totals = {"ok": 0, "errors": 0, "bytes": 0, "connections": 0}
     barrier = threading.Barrier(clients + 1)
     clock: dict[str, float] = {}
@@ -514,6 +602,7 @@ def run_load(
     for thread in threads:
         thread.start()
     cpu_before = sum(cpu_seconds(p) for p in server_pids)
+    machine_before, own_before = machine_cpu(), time.process_time()
     start = time.perf_counter()
     clock["deadline"] = start + duration
     barrier.wait()
@@ -521,8 +610,186 @@ def run_load(
         thread.join(timeout=duration + 120)
     seconds = time.perf_counter() - start
     cpu = sum(cpu_seconds(p) for p in server_pids) - cpu_before if server_pids else None
+    machine_after = machine_cpu()
     return LoadResult(clients, seconds, totals["ok"], totals["errors"], totals["bytes"],
-                      statuses, totals["connections"], latencies, cpu)
+                      statuses, totals["connections"], latencies, cpu,
+                      generator_cpu_s=time.process_time() - own_before,
+                      machine_cpu_s=(machine_after[0] - machine_before[0],
+                                     machine_after[1] - machine_before[1]))
+
+
+WRK_SCRIPT = """\
+-- Written by benchmarks/common.py (run_wrk): cycle through the request paths.
+local paths = {%(paths)s}
+%(headers)s
+local created = 0
+
+function setup(thread)
+  thread:set("id", created)
+  created = created + 1
+end
+
+function init(args)
+  prepared = {}
+  for i, path in ipairs(paths) do
+    prepared[i] = wrk.format("GET", path)
+  end
+  -- each wrk thread starts elsewhere in the list, like the Python clients
+  n = (id * math.floor(#prepared / %(threads)d)) %% #prepared
+end
+
+function request()
+  n = n %% #prepared + 1
+  return prepared[n]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"bytes\\": %%d, " ..
+    "\\"connect\\": %%d, \\"read\\": %%d, \\"write\\": %%d, \\"status\\": %%d, " ..
+    "\\"timeout\\": %%d, \\"mean_us\\": %%.1f, \\"p50_us\\": %%d, \\"p95_us\\": %%d, " ..
+    "\\"p99_us\\": %%d, \\"max_us\\": %%d}\\n",
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout, latency.mean, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk_binary() -> str | None:
+    """``wrk`` on PATH, unless ``BENCH_LOAD_GENERATOR=python`` asks for the Python one."""
+    if os.environ.get("BENCH_LOAD_GENERATOR", "").lower() == "python":
+        return None
+    return shutil.which("wrk")
+
+
+def load_generator() -> str:
+    """The generator ``run_paths`` will use: ``"wrk"`` or ``"python"``."""
+    return "wrk" if wrk_binary() else "python"
+
+
+def _lua_string(text: str) -> str:
+    return json.dumps(text)  # ASCII with JSON escapes is a valid Lua string literal
+
+
+def wrk_threads(clients: int) -> int:
+    """wrk threads for ``clients`` connections: one per core at most (-t1 -c1, -t2 -c4)."""
+    return max(1, min(clients, 2, os.cpu_count() or 1))
+
+
+def run_wrk(
+    port: int, paths: Sequence[str], headers: dict[str, str], clients: int, duration: float,
+    server_pids: Sequence[int] = (), script_dir: Path | None = None,
+) -> LoadResult:
+    """``wrk -t T -c clients`` for ``duration`` s, every request the next of ``paths``.
+
+    The Lua script sets ``headers`` on every request and starts each wrk thread
+    at another place in ``paths``. Only 2xx/3xx answers count as requests
+    (wrk counts other statuses as errors). Latencies are wrk's (p50/p95/p99 in
+    ms); bytes include the response headers.
+    """
+    binary = wrk_binary()
+    if binary is None:
+        raise RuntimeError("wrk is not on PATH")
+    threads = wrk_threads(clients)
+    header_lines = "\n".join(
+        f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items())
+    script = WRK_SCRIPT % {
+        "paths": ",\n  ".join(_lua_string(p) for p in paths),
+        "headers": header_lines, "threads": threads,
+    }
+    folder = Path(script_dir) if script_dir else Path(tempfile.mkdtemp(prefix="viewer-wrk-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    script_path = folder / f"wrk-{port}-{clients}.lua"
+    script_path.write_text(script)
+    script_path.chmod(0o600)  # it holds the bearer token
+    argv = [binary, f"-t{threads}", f"-c{clients}", f"-d{max(1, round(duration))}s",
+            "--timeout", "30s", "-s", str(script_path), f"http://127.0.0.1:{port}/"]
+    try:
+        cpu_before = sum(cpu_seconds(p) for p in server_pids)
+        machine_before = machine_cpu()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 90)
+        cpu = sum(cpu_seconds(p) for p in server_pids) - cpu_before if server_pids else None
+        machine_after = machine_cpu()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wrk_cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
+    finally:
+        script_path.unlink(missing_ok=True)
+        if script_dir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
+    data = json.loads(line.removeprefix("WRKJSON "))
+    bad_status = data["status"]
+    errors = bad_status + data["connect"] + data["read"] + data["write"] + data["timeout"]
+    ok = data["requests"] - bad_status
+    latency = {
+        "median_ms": round(data["p50_us"] / 1000, 3),
+        "p95_ms": round(data["p95_us"] / 1000, 3),
+        "p99_ms": round(data["p99_us"] / 1000, 3),
+        "mean_ms": round(data["mean_us"] / 1000, 3),
+        "max_ms": round(data["max_us"] / 1000, 3),
+        "n": data["requests"],
+    }
+    statuses = {"2xx/3xx": ok, "other": bad_status} if bad_status else {"2xx/3xx": ok}
+    return LoadResult(clients, data["duration_us"] / 1e6, ok, errors, data["bytes"],
+                      statuses, None, [], cpu, f"wrk -t{threads} -c{clients}", latency,
+                      generator_cpu_s=wrk_cpu,
+                      machine_cpu_s=(machine_after[0] - machine_before[0],
+                                     machine_after[1] - machine_before[1]))
+
+
+def run_paths(
+    port: int, paths: Sequence[str], headers: dict[str, str], clients: int, duration: float,
+    server_pids: Sequence[int] = (), script_dir: Path | None = None,
+) -> LoadResult:
+    """Load with ``clients`` keep-alive connections cycling through ``paths``.
+
+    ``wrk`` when it is on PATH (it hardly competes with the servers for the
+    CPU), else the threaded Python generator ``run_load``; the result says which.
+    Client ``c`` (or wrk thread) starts at another place in the list.
+    """
+    if wrk_binary():
+        return run_wrk(port, paths, headers, clients, duration, server_pids, script_dir)
+    stride = max(1, len(paths) // clients)
+
+    def path_for(client: int, i: int) -> str:
+        return paths[(client * stride + i) % len(paths)]
+
+    result = run_load(port, path_for, headers, clients, duration, server_pids=server_pids)
+    result.generator = f"Python, {clients} thread(s)"
+    return result
+
+
+class RetryBudget:
+    """Seconds that may be spent re-running load runs the rest of the machine disturbed."""
+
+    def __init__(self, seconds: float, noisy_cores: float = 0.25) -> None:
+        self.left = seconds
+        self.noisy_cores = noisy_cores
+        self.retries = 0
+
+    def quietest(self, measure: Callable[[], LoadResult], max_attempts: int = 3) -> LoadResult:
+        """``measure()``; while other processes used over ``noisy_cores`` meanwhile and the
+        budget lasts, wait for a quiet moment and measure again. Returns the run with the
+        least other load (``attempts`` says how many were made)."""
+        best = measure()
+        attempts = 1
+        while (best.other_cores or 0.0) > self.noisy_cores and attempts < max_attempts \
+                and self.left >= best.seconds + 1:
+            started = time.monotonic()
+            wait_quiet(self.noisy_cores)
+            again = measure()
+            attempts += 1
+            self.retries += 1
+            self.left -= time.monotonic() - started
+            if (again.other_cores or 0.0) < (best.other_cores or 0.0):
+                best = again
+        best.attempts = attempts
+        return best
 
 
 def fetch_all(

@@ -3,13 +3,16 @@
 Each run imports into a fresh temp data dir (new SQLite index, empty store):
 
 * in-process through ``Importer.import_paths`` (services built before the clock
-  starts),
-* through the CLI, ``python -m viewer.cli import <files>``, as wall time of the
-  subprocess (interpreter start and imports included),
+  starts), once with ``services.importer.workers = 1`` (parsing in this
+  process) and once with ``workers = 2`` (files parsed by a pool of 2 forked
+  processes; starting the pool is inside the clock),
+* through the CLI, ``python -m viewer.cli import <files>`` with its default
+  ``--jobs`` (one per core), as wall time of the subprocess (interpreter start
+  and imports included),
 * plus the CLI's fixed cost alone (``python -m viewer.cli config``).
 
-Median of 3 runs each. The data dir's filesystem is recorded, since every
-stored file is fsynced.
+Median of 3 runs each, the ways in interleaved. The data dir's filesystem is
+recorded, since stored files are flushed to disk.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ if not __package__:  # run as a file: put the repo root, not benchmarks/, first 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -33,6 +37,7 @@ from viewer import services_for
 from viewer.config import load_config
 
 RUNS = 3
+WORKERS = (1, 2)  # services.importer.workers for the in-process runs
 TARGET_FILES_PER_S = 300.0
 
 
@@ -51,13 +56,22 @@ def filesystem_of(path: Path) -> str:
     return kind
 
 
-def import_in_process(files: list[Path], data_dir: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of ``Importer.import_paths`` of ``files`` into a fresh ``data_dir``."""
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (the import pool's workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def import_in_process(files: list[Path], data_dir: Path, workers: int) -> tuple[float, float]:
+    """Wall and CPU seconds (this process and its pool) of ``Importer.import_paths`` of
+    ``files`` into a fresh ``data_dir``, with ``workers`` parsing processes."""
     services = services_for(load_config({"VIEWER_DATA_DIR": str(data_dir)}))
+    services.importer.workers = workers
     try:
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu, pool_cpu = time.perf_counter(), time.process_time(), children_cpu()
         summary = services.importer.import_paths(files)
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu + children_cpu() - pool_cpu
     finally:
         services.engine.dispose()
     if summary.counts["imported"] != len(files):
@@ -96,38 +110,48 @@ def run() -> tuple[list[Metric], dict[str, Any]]:
     """Three runs of each way in; returns the table rows and the details."""
     files = ge_files()
     tmp = Path(tempfile.mkdtemp(prefix="viewer-bench-ingest-"))
-    timings: dict[str, list[float]] = {"api": [], "api_cpu": [], "cli": [], "cli_startup": []}
+    timings: dict[str, list[float]] = {"cli": [], "cli_startup": []}
+    for workers in WORKERS:
+        timings[f"api.w{workers}"], timings[f"api.w{workers}.cpu"] = [], []
     try:
         for run_number in range(RUNS):
-            log(f"ingest run {run_number + 1}/{RUNS}: Importer API, CLI")
-            wall, cpu = import_in_process(files, tmp / f"api-{run_number}")
-            timings["api"].append(wall)
-            timings["api_cpu"].append(cpu)
+            log(f"ingest run {run_number + 1}/{RUNS}: Importer API (workers "
+                f"{', '.join(map(str, WORKERS))}), CLI")
+            for workers in WORKERS:
+                folder = tmp / f"api-{workers}-{run_number}"
+                wall, cpu = import_in_process(files, folder, workers)
+                timings[f"api.w{workers}"].append(wall)
+                timings[f"api.w{workers}.cpu"].append(cpu)
+                shutil.rmtree(folder, ignore_errors=True)
             timings["cli"].append(import_cli(files, tmp / f"cli-{run_number}"))
+            shutil.rmtree(tmp / f"cli-{run_number}", ignore_errors=True)
             timings["cli_startup"].append(cli_startup(tmp / "startup"))
-            for name in (f"api-{run_number}", f"cli-{run_number}"):
-                shutil.rmtree(tmp / name, ignore_errors=True)
         fs = filesystem_of(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n = len(files)
-    api_rate = n / statistics.median(timings["api"])
-    cli_rate = n / statistics.median(timings["cli"])
-    startup = statistics.median(timings["cli_startup"])
+    median = {k: statistics.median(v) for k, v in timings.items()}
     target = (">=", TARGET_FILES_PER_S)
-    metrics = [
-        Metric("ingest.api", "Import 130 GE files, Importer API", round(api_rate, 1), "files/s",
-               target, note=f"median of {RUNS}; {statistics.median(timings['api']):.2f} s, "
-               f"of which CPU {statistics.median(timings['api_cpu']):.2f} s"),
-        Metric("ingest.cli", "Import 130 GE files, CLI wall time", round(cli_rate, 1), "files/s",
-               target, note=f"median of {RUNS}; {statistics.median(timings['cli']):.2f} s "
-               "incl. start-up"),
-        Metric("ingest.cli_startup", "CLI start-up (viewer.cli config)", round(startup * 1000),
-               "ms", note=f"median of {RUNS}"),
+    metrics = []
+    for workers in WORKERS:
+        wall, cpu = median[f"api.w{workers}"], median[f"api.w{workers}.cpu"]
+        metrics.append(Metric(
+            f"ingest.api.w{workers}",
+            f"Import 130 GE files, Importer API, workers={workers}", round(n / wall, 1),
+            "files/s", target, note=f"median of {RUNS}; {wall:.2f} s, CPU {cpu:.2f} s"
+            + (" incl. the pool's processes" if workers > 1 else "")))
+    jobs = os.cpu_count() or 1
+    metrics += [
+        Metric("ingest.cli", "Import 130 GE files, CLI wall time", round(n / median["cli"], 1),
+               "files/s", target, note=f"median of {RUNS}; {median['cli']:.2f} s incl. "
+               f"start-up; default --jobs ({jobs} here)"),
+        Metric("ingest.cli_startup", "CLI start-up (viewer.cli config)",
+               round(median["cli_startup"] * 1000), "ms", note=f"median of {RUNS}"),
     ]
     details = {
         "files": n,
         "bytes": sum(p.stat().st_size for p in files),
+        "cpus": jobs,
         "seconds": {k: [round(v, 4) for v in vs] for k, vs in timings.items()},
         "data_dir_filesystem": fs,
     }

@@ -32,7 +32,7 @@ from benchmarks.common import (
     markdown_table,
 )
 
-BENCHMARKS = {"render": 150, "ingest": 180, "http": 300}  # name -> timeout (s)
+BENCHMARKS = {"render": 150, "ingest": 180, "http": 330}  # name -> timeout (s)
 
 
 def run_one(name: str, timeout: float) -> dict[str, Any]:
@@ -66,6 +66,22 @@ def run_one(name: str, timeout: float) -> dict[str, Any]:
         log(f"{name}: FAILED (exit {proc.returncode})\n{stdout[-2000:]}")
     log(f"{name}: {seconds:.0f} s")
     return outcome
+
+
+def other_load(scripts: dict[str, dict[str, Any]]) -> str:
+    """One line on how much other processes disturbed the HTTP load runs, if they did."""
+    details = scripts.get("http", {}).get("results", {}).get("details", {})
+    runs = [run for server in ("ours", "orthanc")
+            for run in details.get(server, {}).get("load", {}).values()]
+    noise = details.get("noise", {})
+    limit = noise.get("other_cores_flagged_above")
+    if not runs or limit is None:
+        return ""
+    disturbed = [r for r in runs if (r.get("other_cores") or 0) > limit]
+    generator = details.get("load_generator", "?")
+    return (f"HTTP load generator: {generator}. Load runs with other processes using over "
+            f"{limit:g} cores meanwhile: {len(disturbed)} of {len(runs)} "
+            f"({noise.get('retries', 0)} re-run).")
 
 
 def main() -> int:
@@ -110,6 +126,9 @@ def main() -> int:
     print(f"\nTargets met {summary['targets_met']}, missed {summary['targets_missed']}"
           + (f"; FAILED benchmarks: {', '.join(failed_scripts)}" if failed_scripts else "")
           + f"; {summary['seconds']:.0f} s in all.")
+    noise = other_load(scripts)
+    if noise:
+        print(noise)
     print(f"Results: {latest.relative_to(ROOT)}")
     return 1 if failed_scripts else 0
 
