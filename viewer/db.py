@@ -20,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -247,6 +248,96 @@ class AuditEvent(Base):
     issuer: Mapped[str] = mapped_column(String(64), default="")
     study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Report(Base):
+    """One version of a study's report: amendments and addenda add rows, never edit them.
+
+    The current report is the newest row of kind "report"; addenda are shown after it.
+    The report may arrive before the images, so it is keyed by StudyInstanceUID.
+    """
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="report")  # "report" or "addendum"
+    status: Mapped[str] = mapped_column(String(16))  # preliminary, final, amended
+    text: Mapped[str] = mapped_column(Text, default="")
+    pdf_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)  # in the store
+    radiologist: Mapped[str] = mapped_column(String(324), default="")
+    signed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(16), default="api")  # api, dicom-sr, dicom-pdf
+    sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    supersedes_pk: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(256), default="")
+
+
+class Hold(Base):
+    """A hold on showing a study's report to the patient (release-rules.md).
+
+    kind "patient": the patient's own request (until a date, or until their clinician
+    marks it reviewed). kind "clinician": the preventing-harm exception, which needs a
+    reason and an end date. Lifting sets released_at; rows are never deleted.
+    """
+
+    __tablename__ = "holds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "patient" or "clinician"
+    until: Mapped[datetime | None] = mapped_column(nullable=True)
+    until_reviewed: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by_pk: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reviewed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class StudyView(Base):
+    """When a user first opened a study: the "new" badge shows until then."""
+
+    __tablename__ = "study_views"
+    __table_args__ = (UniqueConstraint("user_pk", "study_uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    first_viewed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Share(Base):
+    """A link that lets someone without an account see one study, until it expires."""
+
+    __tablename__ = "shares"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    created_by_pk: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    label: Mapped[str] = mapped_column(String(256), default="")
+    access_code_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    allow_download: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Invitation(Base):
+    """A one-time link for a person to set their password and authenticator (enrol/reset)."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # "enrol" or "reset"
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 Index("ix_instances_series_number", Instance.series_pk, Instance.instance_number)
