@@ -208,6 +208,8 @@ class WebSession(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     role: Mapped[str] = mapped_column(String(32))
     csrf_token: Mapped[str] = mapped_column(String(64))
+    # A share link's session sees that one study only (see access.study_filter).
+    share_pk: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     address: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-30 01:13:53.725073
+Create Date: 2026-11-30 01:15:04.071577
 """
 
 import sqlalchemy as sa
@@ -115,8 +115,16 @@ def upgrade() -> None:
     with op.batch_alter_table("study_views", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_study_views_user_pk"), ["user_pk"], unique=False)
 
+    with op.batch_alter_table("web_sessions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("share_pk", sa.Integer(), nullable=True))
+        batch_op.create_index(batch_op.f("ix_web_sessions_share_pk"), ["share_pk"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("web_sessions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_web_sessions_share_pk"))
+        batch_op.drop_column("share_pk")
+
     with op.batch_alter_table("study_views", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_study_views_user_pk"))
 
