@@ -21,7 +21,17 @@ from sqlalchemy import ColumnElement, Select, bindparam, false, select, true
 from sqlalchemy.orm import Session
 
 from viewer import audit, websessions
-from viewer.db import ApiToken, Instance, LoginLink, Patient, PatientLink, Series, Study, utcnow
+from viewer.db import (
+    ApiToken,
+    Instance,
+    LoginLink,
+    Patient,
+    PatientLink,
+    Series,
+    Share,
+    Study,
+    utcnow,
+)
 
 ROLES = ("admin", "uploader", "reader")
 # A revoked token stops working within this many seconds in every worker.
@@ -37,6 +47,7 @@ class Principal:
     name: str
     role: str
     user_pk: int | None = None
+    share_pk: int | None = None  # a share link's session: that one study only
 
 
 def token_hash(token: str) -> str:
@@ -111,7 +122,9 @@ def current_principal() -> Principal | None:
         if principal is None:
             current = websessions.load(services.db())
             if current is not None:
-                principal = Principal("session", current.name, current.role, current.user_pk)
+                principal = Principal(
+                    "session", current.name, current.role, current.user_pk, current.share_pk
+                )
         g.principal = principal
     return g.principal
 
@@ -127,7 +140,8 @@ def study_filter(principal: Principal) -> ColumnElement[bool]:
     """The condition on ``Study`` that limits a query to what ``principal`` may see.
 
     Staff see every study; a patient sees the studies of the DICOM patient ids
-    (with issuer) linked to their account; anyone else sees nothing.
+    (with issuer) linked to their account; a share link's session sees its one
+    study while the link is valid; anyone else sees nothing.
     """
     if principal.role in ROLES:
         return true()
@@ -142,6 +156,14 @@ def study_filter(principal: Principal) -> ColumnElement[bool]:
             .where(PatientLink.user_pk == principal.user_pk)
         )
         return Study.patient_pk.in_(mine)
+    if principal.role == "share" and principal.share_pk is not None:
+        # Checked on every request, so revoking or expiring a link takes effect at once.
+        shared = select(Share.study_uid).where(
+            Share.id == principal.share_pk,
+            Share.revoked_at.is_(None),
+            Share.expires_at > utcnow(),
+        )
+        return Study.study_uid.in_(shared)
     return false()
 
 

@@ -35,6 +35,7 @@ class Current:
     name: str
     role: str
     csrf_token: str
+    share_pk: int | None = None
 
 
 def _hash(token: str) -> str:
@@ -45,7 +46,9 @@ def cookie_name(app: Flask) -> str:
     return str(app.config["SESSION_COOKIE_NAME"])
 
 
-def start(db: Session, *, user_pk: int | None, name: str, role: str) -> tuple[str, Current]:
+def start(
+    db: Session, *, user_pk: int | None, name: str, role: str, share_pk: int | None = None
+) -> tuple[str, Current]:
     """A new session (new id at every sign-in); returns the cookie value and the row."""
     config = current_app.extensions["viewer"].config
     token = secrets.token_urlsafe(32)
@@ -55,6 +58,7 @@ def start(db: Session, *, user_pk: int | None, name: str, role: str) -> tuple[st
         user_pk=user_pk,
         name=name,
         role=role,
+        share_pk=share_pk,
         csrf_token=secrets.token_urlsafe(32),
         address=request.remote_addr or "",
         created_at=now,
@@ -63,7 +67,7 @@ def start(db: Session, *, user_pk: int | None, name: str, role: str) -> tuple[st
     )
     db.add(row)
     db.commit()
-    current = Current(row.id, user_pk, name, role, row.csrf_token)
+    current = Current(row.id, user_pk, name, role, row.csrf_token, share_pk)
     g.web_session = current
     return token, current
 
@@ -108,7 +112,9 @@ def load(db: Session) -> Current | None:
                 db.execute(update(WebSession).where(WebSession.id == row.id).values(
                     last_seen_at=now))
                 db.commit()
-            current = Current(row.id, row.user_pk, row.name, row.role, row.csrf_token)
+            current = Current(
+                row.id, row.user_pk, row.name, row.role, row.csrf_token, row.share_pk
+            )
     g.web_session = current
     return current
 
