@@ -105,4 +105,14 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(dicomweb.bp)
+    from viewer import reports
+
+    app.register_blueprint(reports.bp)
+    from viewer import download, shares
+
+    app.register_blueprint(download.bp)
+    shares.init_app(app)
+    from viewer import invitations
+
+    app.register_blueprint(invitations.bp)
     return app

@@ -12,6 +12,7 @@ from flask import Blueprint, current_app, jsonify, url_for
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from viewer import reports
 from viewer.access import (
     find_series,
     find_study,
@@ -70,6 +71,7 @@ def study_summaries(db: Session, studies: list[Study]) -> list[dict[str, Any]]:
             "patient_id": patients[s.patient_pk].patient_id,
             "study_date": iso_date(s.study_date),
             "description": s.description,
+            "body_part": s.body_part,
             "modalities": ", ".join(sorted(modalities.get(s.id, []))),
             "series_count": series_count.get(s.id, 0),
             "instance_count": counts.get(s.id, 0),
@@ -84,7 +86,12 @@ def list_studies(db: Session) -> list[dict[str, Any]]:
     studies = list(
         db.scalars(visible_studies(principal).order_by(Study.study_date.desc(), Study.id.desc()))
     )
-    return study_summaries(db, studies)
+    summaries = study_summaries(db, studies)
+    # report_status (pending, preliminary, final, amended), report_held, new
+    marks = reports.list_annotations(db, principal, [s.study_uid for s in studies])
+    for summary in summaries:
+        summary.update(marks[summary["study_uid"]])
+    return summaries
 
 
 def _services():  # type: ignore[no-untyped-def]

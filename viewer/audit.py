@@ -29,6 +29,20 @@ EVENTS: dict[str, tuple[str, str]] = {
     "study-downloaded": ("110104", "R"),  # DICOM Instances Transferred
     "account-created": ("110110", "C"),  # Patient Record (the account's)
     "session-refused": ("110113", "E"),  # Security Alert
+    "report-received": ("110107", "C"),  # Import (a report, from the API or a DICOM object)
+    "report-released": ("110106", "E"),  # Export (made visible to the patient)
+    "hold-set": ("110111", "U"),  # Procedure Record (a patient's or clinician's hold)
+    "hold-lifted": ("110111", "U"),  # Procedure Record
+    "study-reviewed": ("110111", "U"),  # Procedure Record (ends holds "until reviewed")
+    # Share links: granting or withdrawing access changes the study's security attributes
+    # (CID 403 "Object Security Attributes Changed"); opening a link authenticates its holder.
+    "share-created": ("110135", "C"),
+    "share-revoked": ("110135", "D"),
+    "share-used": ("110114", "E"),  # User Authentication
+    "invitation-created": ("", "C"),  # an enrolment or reset link was issued
+    "invitation-refused": ("110113", "E"),  # Security Alert: unknown, used or expired link
+    "account-enrolled": ("110137", "U"),  # User Security Attributes Changed
+    "password-reset": ("110137", "U"),  # User Security Attributes Changed
 }
 
 

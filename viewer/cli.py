@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from viewer import Services, audit, services_for
 from viewer.access import ROLES, create_login_link, create_token
@@ -104,6 +106,8 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_users(services: Services, args: argparse.Namespace) -> int:
+    if args.action == "invite":
+        return cmd_invite(services, args)
     with services.sessions() as db:
         if args.action == "list":
             for user in db.scalars(select(User).order_by(User.id)):
@@ -115,6 +119,8 @@ def cmd_users(services: Services, args: argparse.Namespace) -> int:
         patient = args.action == "create-patient"
         if patient and not args.two_factor and services.config.require_2fa:
             raise AccountError("patients must use two-factor (VIEWER_REQUIRE_2FA=true)")
+        if args.invite:
+            return _create_invited(services, db, args, patient)
         enrolment = create_user(
             db,
             args.username,
@@ -135,6 +141,71 @@ def cmd_users(services: Services, args: argparse.Namespace) -> int:
             print(f"  {code}")
         print("Add this to an authenticator app (or scan it as a QR code):")
         print(enrolment.otpauth_uri)
+    return 0
+
+
+def _create_invited(services: Services, db: Session, args: argparse.Namespace,
+                    patient: bool) -> int:
+    """``create-patient/create-staff --invite``: no password yet, print an enrolment link."""
+    from viewer.invitations import create_invited_user
+
+    if args.password_stdin:
+        raise AccountError("--invite sets no password: leave out --password-stdin")
+    if not args.two_factor:
+        raise AccountError("enrolment by link always sets up an authenticator app: "
+                           "leave out --no-2fa")
+    user = create_invited_user(
+        db, args.username,
+        kind="patient" if patient else "staff",
+        role="patient" if patient else args.role,
+        patient_ids=[(pid, args.issuer) for pid in args.patient_id] if patient else [],
+        display_name=args.display_name,
+        email=args.email,
+    )
+    audit.record(services.sessions, "account-created", user_pk=user.id,
+                 actor="cli", detail={"username": user.username, "invited": True})
+    print(f"Created {user.role} account {user.username!r} without a password.")
+    return _send_invitation(services, user.id, "enrol", args.base, args.hours)
+
+
+def cmd_invite(services: Services, args: argparse.Namespace) -> int:
+    """``users invite``: a one-time enrolment or reset link, printed last (and emailed)."""
+    with services.sessions() as db:
+        user = db.scalars(select(User).where(User.username == args.username.strip())).first()
+        if user is None:
+            raise AccountError(f"there is no account {args.username!r}")
+        user_pk = user.id
+    return _send_invitation(services, user_pk, args.purpose, args.base, args.hours)
+
+
+def _send_invitation(services: Services, user_pk: int, purpose: str, base: str,
+                     hours: int) -> int:
+    from viewer import mailer
+    from viewer.invitations import create_invitation
+
+    with services.sessions() as db:
+        user = db.get(User, user_pk)
+        assert user is not None
+        token = create_invitation(db, user, purpose, hours)
+        username, email = user.username, user.email
+    link = f"{base.rstrip('/')}/enrol/{token}"
+    emailed = False
+    if mailer.configured(services.config) and email:
+        try:
+            mailer.send_invitation(services.config, email, link, purpose, hours)
+            emailed = True
+        except mailer.MailError as exc:
+            print(f"viewer: the email was not sent ({exc}); give {username} the link "
+                  "another way", file=sys.stderr)
+    audit.record(services.sessions, "invitation-created", user_pk=user_pk, actor="cli",
+                 detail={"username": username, "purpose": purpose, "hours": hours,
+                         "emailed": emailed})
+    if emailed:
+        print(f"Emailed the link to {email}.")
+    what = "password reset" if purpose == "reset" else "enrolment"
+    print(f"One-time {what} link for {username!r} (valid {hours} hours; any earlier link "
+          "no longer works):")
+    print(link)
     return 0
 
 
@@ -208,10 +279,25 @@ def cmd_serve(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+SECRET_SETTINGS = ("VIEWER_SECRET_KEY", "VIEWER_SMTP_PASSWORD")
+
+
 def cmd_config(_services: Services | None, _args: argparse.Namespace) -> int:
+    """The settings in effect; secrets are shown only as set or not."""
     for setting in SETTINGS:
-        print(f"{setting.name}={os.environ.get(setting.name, setting.default)}")
+        value = os.environ.get(setting.name, setting.default)
+        if setting.name in SECRET_SETTINGS and value:
+            value = "(set, hidden)"
+        elif setting.name == "VIEWER_DATABASE_URL":
+            value = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", value)
+        print(f"{setting.name}={value}")
     return 0
+
+
+def _invite_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", default="http://127.0.0.1:8000",
+                        help="the service's public address, for the link")
+    parser.add_argument("--hours", type=int, default=72, help="the link expires after this")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,7 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--email", default="")
         q.add_argument("--no-2fa", dest="two_factor", action="store_false",
                        help="no authenticator app (refused for patients while VIEWER_REQUIRE_2FA)")
+        q.add_argument("--invite", action="store_true",
+                       help="set no password: print (and email) a one-time enrolment link")
+        _invite_options(q)
     users.add_parser("list", help="list accounts")
+    q = users.add_parser("invite", help="a one-time link to set the password and "
+                         "authenticator (printed last; emailed when SMTP is configured)")
+    q.add_argument("username")
+    q.add_argument("--purpose", choices=("enrol", "reset"), default="enrol",
+                   help="reset: for an account that has lost its password or phone")
+    _invite_options(q)
     p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("audit", help="the audit trail")

@@ -48,6 +48,12 @@ def _bind(value: str) -> str:
     return value
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError("must be a port number from 1 to 65535")
+    return int(value)
+
+
 def _text(value: str) -> str:
     return value
 
@@ -92,6 +98,16 @@ SETTINGS: tuple[Setting, ...] = (
             "beside the generated demo study.", _text),
     Setting("VIEWER_SECURE_COOKIES", "auto", "`auto` marks cookies Secure unless the "
             "service is bound to loopback; `true` or `false` forces it.", _text),
+    Setting("VIEWER_SMTP_HOST", "", "Mail server for invitation and password-reset links; "
+            "empty: links are only printed by `viewer users invite`.", _text),
+    Setting("VIEWER_SMTP_PORT", "587", "Port of the mail server (465 means TLS from the "
+            "start).", _port),
+    Setting("VIEWER_SMTP_FROM", "", "Sender address of those emails (needed with "
+            "VIEWER_SMTP_HOST).", _text),
+    Setting("VIEWER_SMTP_USER", "", "User name for the mail server; empty: no login.", _text),
+    Setting("VIEWER_SMTP_PASSWORD", "", "Password for the mail server.", _text),
+    Setting("VIEWER_SMTP_STARTTLS", "true", "Switch to TLS with STARTTLS before logging in "
+            "and sending.", _bool),
 )
 
 
@@ -115,6 +131,12 @@ class Config:
     log_level: str
     demo_data: str
     secure_cookies: str
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_from: str = ""
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = True
 
     @property
     def storage_dir(self) -> Path:
@@ -135,6 +157,9 @@ def _parse_all(env: Mapping[str, str]) -> dict[str, Any]:
             f"VIEWER_SECURE_COOKIES={values['VIEWER_SECURE_COOKIES']!r}: "
             "must be auto, true or false"
         )
+    if values["VIEWER_SMTP_HOST"] and "@" not in values["VIEWER_SMTP_FROM"]:
+        raise ConfigError("VIEWER_SMTP_FROM: must be an email address when VIEWER_SMTP_HOST "
+                          "is set")
     return values
 
 
@@ -189,4 +214,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         log_level=values["VIEWER_LOG_LEVEL"],
         demo_data=values["VIEWER_DEMO_DATA"],
         secure_cookies=values["VIEWER_SECURE_COOKIES"],
+        smtp_host=values["VIEWER_SMTP_HOST"],
+        smtp_port=values["VIEWER_SMTP_PORT"],
+        smtp_from=values["VIEWER_SMTP_FROM"],
+        smtp_user=values["VIEWER_SMTP_USER"],
+        smtp_password=values["VIEWER_SMTP_PASSWORD"],
+        smtp_starttls=values["VIEWER_SMTP_STARTTLS"],
     )

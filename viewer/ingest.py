@@ -9,6 +9,7 @@ index row is committed only after the file is in its final place.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import lzma
 import multiprocessing
@@ -35,7 +36,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from viewer.db import Frame, Instance, Patient, Series, Study
+from viewer import reports
+from viewer.db import Frame, Instance, Patient, Report, Series, Study
 from viewer.headers import codestream_size, frame_header, number_of_frames, text
 from viewer.storage import CHUNK, ObjectStore, TooLarge, read_chunks
 
@@ -349,6 +351,9 @@ def check(ds: Dataset, limits: Limits) -> None:
     meta_class = str(getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID", ""))
     if meta_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
         raise Refused("a DICOMDIR (an index of other files); import the folder instead")
+    if text(ds, "SOPClassUID") in reports.DICOM_REPORT_CLASSES:
+        _check_sequences(ds)  # a report (SR or PDF), not an image: see ``report_record``
+        return
     if "PixelData" not in ds:
         raise Refused(
             f"not an image (SOP class {text(ds, 'SOPClassUID')}); "
@@ -497,16 +502,39 @@ def describe(ds: Dataset) -> Record:
     )
 
 
-def inspect(path: Path, limits: Limits) -> Record:
+@dataclass(frozen=True)
+class ReportRecord:
+    """A report object (SR or Encapsulated PDF): a Report row, not an image."""
+
+    sop_uid: str
+    study_uid: str
+    fields: dict
+    pdf: bytes | None = None
+    pdf_hash: str | None = None
+
+
+def report_record(ds: Dataset) -> ReportRecord:
+    try:
+        fields, pdf = reports.from_dicom(ds)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    digest = hashlib.sha256(pdf).hexdigest() if pdf is not None else None
+    return ReportRecord(_uid(ds, "SOPInstanceUID"), _uid(ds, "StudyInstanceUID"), fields, pdf,
+                        digest)
+
+
+def inspect(path: Path, limits: Limits) -> Record | ReportRecord:
     """Read and check a staged file; ``Refused`` says why it cannot be stored."""
     ds = _read_header(path, limits)
     check(ds, limits)
+    if text(ds, "SOPClassUID") in reports.DICOM_REPORT_CLASSES:
+        return report_record(ds)
     record = describe(ds)
     check_codestreams(path, ds)
     return record
 
 
-def _inspect_job(path: str, limits: Limits) -> Record | str:
+def _inspect_job(path: str, limits: Limits) -> Record | ReportRecord | str:
     """``inspect`` for a worker process: a refusal comes back as its reason."""
     try:
         return inspect(Path(path), limits)
@@ -532,6 +560,22 @@ def index_instance(
     return instance
 
 
+def index_record(session: Session, record: Record | ReportRecord, digest: str, size: int,
+                 cache: dict | None = None) -> None:
+    """An image's index rows, or a report object's Report row (a new version)."""
+    if isinstance(record, ReportRecord):
+        reports.add_report(session, record.study_uid, "report", **record.fields,
+                           pdf_hash=record.pdf_hash, sop_uid=record.sop_uid,
+                           created_by=f"import sha256:{digest}")
+    else:
+        index_instance(session, record, digest, size, cache)
+
+
+def _present(session: Session, sop_uid: str) -> bool:
+    return any(session.scalars(select(model.id).filter_by(sop_uid=sop_uid)).first()
+               for model in (Instance, Report))
+
+
 @dataclass(frozen=True)
 class _Candidate:
     """A staged source that passed every check, waiting to be stored and indexed."""
@@ -541,14 +585,18 @@ class _Candidate:
     staged: Path
     digest: str
     size: int
-    record: Record
+    record: Record | ReportRecord
 
     @property
     def sop_uid(self) -> str:
+        if isinstance(self.record, ReportRecord):
+            return self.record.sop_uid
         return str(self.record.instance["sop_uid"])
 
     @property
     def study_uid(self) -> str:
+        if isinstance(self.record, ReportRecord):
+            return self.record.study_uid
         return str(self.record.study_key["study_uid"])
 
     def outcome(self, status: str, reason: str = "") -> Outcome:
@@ -623,12 +671,22 @@ class Importer:
                     candidates.append(_Candidate(index, name, path, digest, size, record))
             fresh = self._skip_present(candidates, outcomes)
             if fresh:
+                # A report's PDF is kept on its own too, by its hash (Report.pdf_hash).
+                documents = [self.store.stage([c.record.pdf], self.limits.max_file_bytes)
+                             for c in fresh if isinstance(c.record, ReportRecord) and c.record.pdf]
+                staged.update({-1 - i: document for i, document in enumerate(documents)})
                 self.store.sync()
                 new_files = {c.digest for c in fresh if not self.store.path(c.digest).exists()}
                 for candidate in fresh:
                     self.store.commit(candidate.staged, candidate.digest)
+                for path, digest, _size in documents:
+                    self.store.commit(path, digest)
                 self.store.sync()
                 outcomes.update(self._index(fresh, new_files))
+                for candidate in fresh:
+                    if (isinstance(candidate.record, ReportRecord)
+                            and outcomes[candidate.index].status == "imported"):
+                        self._note_report(candidate)
         finally:
             for path, _, _ in staged.values():
                 path.unlink(missing_ok=True)
@@ -661,6 +719,11 @@ class Importer:
                     )
                 ).all()
             )
+            for sop_uid, created_by in session.execute(
+                select(Report.sop_uid, Report.created_by).where(
+                    Report.sop_uid.in_({c.sop_uid for c in candidates}))
+            ):
+                stored[sop_uid] = created_by.removeprefix("import sha256:")
         fresh = []
         for candidate in candidates:
             known = stored.get(candidate.sop_uid)
@@ -678,8 +741,8 @@ class Importer:
                 with self.sessions() as session:
                     cache: dict = {}
                     for candidate in fresh:
-                        index_instance(session, candidate.record, candidate.digest,
-                                       candidate.size, cache)
+                        index_record(session, candidate.record, candidate.digest,
+                                     candidate.size, cache)
                     session.commit()
                 return {c.index: c.outcome("imported") for c in fresh}
             except Exception:
@@ -690,15 +753,13 @@ class Importer:
         for _attempt in range(2):
             try:
                 with self.sessions() as session:
-                    index_instance(session, candidate.record, candidate.digest, candidate.size)
+                    index_record(session, candidate.record, candidate.digest, candidate.size)
                     session.commit()
                 return candidate.outcome("imported")
             except IntegrityError:
                 # Another import added the same instance, or its new study, first.
                 with self.sessions() as session:
-                    if session.scalars(
-                        select(Instance).filter_by(sop_uid=candidate.sop_uid)
-                    ).first():
+                    if _present(session, candidate.sop_uid):
                         return candidate.outcome("present")
             except Exception as exc:
                 log.exception("indexing %s failed", candidate.name)
@@ -709,3 +770,10 @@ class Importer:
         if new_file:
             self.store.discard(candidate.digest)
         return candidate.outcome("refused", reason)
+
+    def _note_report(self, candidate: _Candidate) -> None:
+        """Audit a report imported from a DICOM object (received; released if final)."""
+        with self.sessions() as session:
+            row = session.scalars(select(Report).filter_by(sop_uid=candidate.sop_uid)).first()
+        if row is not None:
+            reports.note_received(self.sessions, row, "viewer import")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template, url_for
 from sqlalchemy import select
 
+from viewer import reports
 from viewer.access import find_study, record_view, require_principal, visible_studies
 from viewer.api import list_studies, study_summaries
 from viewer.db import AuditEvent
@@ -27,8 +28,14 @@ def study(study_uid: str) -> str:
     principal = require_principal()
     found = find_study(db, principal, study_uid)
     record_view(principal, found)
+    reports.mark_viewed(db, principal, study_uid)
+    if not reports.is_staff(principal):
+        reports.note_release(current_app.extensions["viewer"].sessions, study_uid)
     return render_template(
         "study.html",
+        report=reports.payload(db, principal, found),
+        staff=reports.is_staff(principal),
+        patient=principal.role == "patient",
         study=study_summaries(db, [found])[0],
         api_url=url_for("api.study", study_uid=study_uid),
     )
@@ -39,6 +46,9 @@ ACTIVITY_WORDS = {
     "study-downloaded": "downloaded",
     "login": "signed in",
     "logout": "signed out",
+    "share-created": "created a share link",
+    "share-used": "opened a share link",
+    "share-revoked": "revoked a share link",
 }
 
 

@@ -82,5 +82,6 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        # The endpoint, not the path: some paths carry one-time secrets.
+        log.exception("unhandled error on %s %s", request.method, request.endpoint)
         return error_response(500, "an internal error occurred; it has been logged")

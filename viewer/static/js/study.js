@@ -6,6 +6,7 @@
 import { fetchJSON, isAbort } from './api.js';
 import { Viewport } from './viewport.js';
 import { Cine, bindKeyboard, bindPointer } from './controls.js';
+import { initShare } from './share.js';
 
 /**
  * @typedef {import('./viewport.js').Stack} Stack
@@ -341,3 +342,9 @@ bindKeyboard(
 setTool('scroll');
 render();
 loadStudy();
+initShare(() => ({
+  slice: vp.slice,
+  window: vp.stack && !vp.stack.color ? vp.windowFor() : null,
+  title: series ? seriesTitle(series) : 'image',
+  index: vp.index,
+}));
