@@ -474,8 +474,8 @@ def test_sr_and_encapsulated_pdf_import_as_reports(app: Flask, services: Service
     assert (doc.source, doc.status) == ("dicom-pdf", "final")
     assert services.store.path(doc.pdf_hash).read_bytes() == document
     assert report_pdf(services, doc) == document
-    stored = doc.created_by.removeprefix("import sha256:")
-    assert services.store.path(stored).read_bytes() == (folder / "doc.dcm").read_bytes()
+    assert doc.file_hash is not None
+    assert services.store.path(doc.file_hash).read_bytes() == (folder / "doc.dcm").read_bytes()
     received = audit_rows(services, "report-received")
     assert len(received) == 3 and {r.actor for r in received} == {"viewer import"}
     assert {r.detail["source"] for r in received} == {"dicom-sr", "dicom-pdf"}

@@ -272,6 +272,8 @@ class Report(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     source: Mapped[str] = mapped_column(String(16), default="api")  # api, dicom-sr, dicom-pdf
     sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    # The stored DICOM file a report was imported from (SR or Encapsulated PDF).
+    file_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     supersedes_pk: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), nullable=True)
     created_by: Mapped[str] = mapped_column(String(256), default="")
 

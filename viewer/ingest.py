@@ -566,7 +566,7 @@ def index_record(session: Session, record: Record | ReportRecord, digest: str, s
     if isinstance(record, ReportRecord):
         reports.add_report(session, record.study_uid, "report", **record.fields,
                            pdf_hash=record.pdf_hash, sop_uid=record.sop_uid,
-                           created_by=f"import sha256:{digest}")
+                           file_hash=digest, created_by="import")
     else:
         index_instance(session, record, digest, size, cache)
 
@@ -719,11 +719,10 @@ class Importer:
                     )
                 ).all()
             )
-            for sop_uid, created_by in session.execute(
-                select(Report.sop_uid, Report.created_by).where(
+            stored.update(session.execute(
+                select(Report.sop_uid, Report.file_hash).where(
                     Report.sop_uid.in_({c.sop_uid for c in candidates}))
-            ):
-                stored[sop_uid] = created_by.removeprefix("import sha256:")
+            ).all())
         fresh = []
         for candidate in candidates:
             known = stored.get(candidate.sop_uid)
