@@ -85,3 +85,27 @@ def test_login_link_and_nothing_to_import(tmp_path: Path) -> None:
     missing = run_cli(env, "import", str(tmp_path / "nowhere"))
     assert missing.returncode == 1
     assert "no such file or folder" in missing.stdout
+
+
+def test_demo_loads_a_study_a_signed_report_and_a_patient(tmp_path: Path) -> None:
+    env = {"VIEWER_DATA_DIR": str(tmp_path / "d")}
+    first = run_cli(env, "demo")
+    assert first.returncode == 0, first.stderr
+    assert "Demo study: imported 114, already present 0, refused 0" in first.stdout
+    assert "username: demo-patient" in first.stdout and "otpauth://totp/" in first.stdout
+    again = run_cli(env, "demo")
+    assert "imported 0, already present 114" in again.stdout
+
+    from viewer import create_app
+    from viewer.config import load_config
+    from viewer.db import Report
+
+    app = create_app(load_config({**env, "VIEWER_SECRET_KEY": "cli-test-secret-0123456789"}))
+    services = app.extensions["viewer"]
+    try:
+        with services.sessions() as db:
+            reports = db.query(Report).all()
+        assert [(r.status, r.kind) for r in reports] == [("final", "report")]
+        assert "IMPRESSION" in reports[0].text
+    finally:
+        services.engine.dispose()

@@ -43,6 +43,7 @@ EVENTS: dict[str, tuple[str, str]] = {
     "invitation-refused": ("110113", "E"),  # Security Alert: unknown, used or expired link
     "account-enrolled": ("110137", "U"),  # User Security Attributes Changed
     "password-reset": ("110137", "U"),  # User Security Attributes Changed
+    "result-notified": ("", "E"),  # a patient was emailed that new results are available
 }
 
 

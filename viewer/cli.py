@@ -25,9 +25,10 @@ from viewer import Services, audit, services_for
 from viewer.access import ROLES, create_login_link, create_token
 from viewer.accounts import STAFF_ROLES, AccountError, create_user
 from viewer.config import SETTINGS, ConfigError, load_config
-from viewer.db import ApiToken, User, utcnow
+from viewer.db import ApiToken, Report, User, utcnow
 from viewer.ingest import Summary
 from viewer.passwords import PasswordRejected
+from viewer.reports import add_report, note_received
 
 
 class Progress:
@@ -239,6 +240,8 @@ def cmd_demo(services: Services, args: argparse.Namespace) -> int:
         summary = services.importer.import_paths(paths, progress=Progress(sys.stderr))
     print("Demo study: ", end="")
     print_summary(summary, sys.stdout)
+    for study_uid in sorted({o.study_uid for o in summary.outcomes if o.study_uid}):
+        _demo_report(services, study_uid)
     _demo_patient(services)
     extra = services.config.demo_data
     if extra:
@@ -246,6 +249,37 @@ def cmd_demo(services: Services, args: argparse.Namespace) -> int:
         print(f"VIEWER_DEMO_DATA ({extra}): ", end="")
         print_summary(summary, sys.stdout)
     return 0
+
+
+DEMO_REPORT = """EXAMINATION: MRI of the brain without contrast.
+
+CLINICAL INDICATION: Headaches for three months.
+
+TECHNIQUE: Axial T1-weighted, axial T2-weighted and sagittal T1-weighted images.
+
+FINDINGS:
+The ventricles and sulci are normal in size and shape for age. No mass, no mass effect
+and no midline shift. The grey-white matter differentiation is preserved. No abnormal
+signal in the white matter. The posterior fossa, brainstem and cerebellum are normal.
+The orbits and the visible paranasal sinuses are clear.
+
+IMPRESSION:
+Normal MRI of the brain.
+
+(This is a demonstration report for synthetic images made by this software.)"""
+
+
+def _demo_report(services: Services, study_uid: str) -> None:
+    """A signed, final report for the demo study, once (later runs find it)."""
+    with services.sessions() as db:
+        if db.scalars(select(Report.id).where(Report.study_uid == study_uid)).first():
+            return
+        row = add_report(db, study_uid, "report", status="final", text=DEMO_REPORT,
+                         radiologist="Dr. Robin Demo, MD",
+                         signed_at=datetime(2026, 11, 21, 10, 32), source="api",
+                         created_by="viewer demo")
+        db.commit()
+    note_received(services.sessions, row, "viewer demo")
 
 
 def _demo_patient(services: Services) -> None:

@@ -8,6 +8,7 @@ validation and the defaults cannot drift apart. A bad value raises
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ def _port(value: str) -> int:
 
 
 def _text(value: str) -> str:
+    return value
+
+
+def _url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError("must be empty or an http(s) URL, for example https://images.example")
     return value
 
 
@@ -108,6 +116,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("VIEWER_SMTP_PASSWORD", "", "Password for the mail server.", _text),
     Setting("VIEWER_SMTP_STARTTLS", "true", "Switch to TLS with STARTTLS before logging in "
             "and sending.", _bool),
+    Setting("VIEWER_PUBLIC_URL", "", "Base URL people use to reach the service (for links "
+            "in emails, e.g. `https://images.example`); empty: emails name no link.", _url),
 )
 
 
@@ -137,6 +147,7 @@ class Config:
     smtp_user: str = ""
     smtp_password: str = ""
     smtp_starttls: bool = True
+    public_url: str = ""
 
     @property
     def storage_dir(self) -> Path:
@@ -220,4 +231,5 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         smtp_user=values["VIEWER_SMTP_USER"],
         smtp_password=values["VIEWER_SMTP_PASSWORD"],
         smtp_starttls=values["VIEWER_SMTP_STARTTLS"],
+        public_url=values["VIEWER_PUBLIC_URL"],
     )
