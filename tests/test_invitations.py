@@ -10,10 +10,8 @@ import logging
 import os
 import re
 import runpy
-import socketserver
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -31,6 +29,7 @@ from viewer.db import AuditEvent, Invitation, User, utcnow
 from viewer.invitations import create_invitation, create_invited_user
 
 from .conftest import ROOT, make_env
+from .smtpserver import SMTPServer, running_smtp_server
 from .test_accounts import PASSWORD, make_patient, sign_in
 
 NEW_PASSWORD = "a new and rather long passphrase"
@@ -254,73 +253,14 @@ def test_cli_invite_prints_the_link_last(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ email
 
 
-class _SMTPHandler(socketserver.StreamRequestHandler):
-    """Just enough of RFC 5321 (and AUTH PLAIN) for smtplib to deliver one message."""
-
-    def reply(self, line: str) -> None:
-        self.wfile.write(line.encode() + b"\r\n")
-
-    def handle(self) -> None:
-        server: _SMTPServer = self.server  # type: ignore[assignment]
-        self.reply("220 localhost test SMTP")
-        envelope: dict[str, object] = {"rcpt": []}
-        while True:
-            raw = self.rfile.readline()
-            if not raw:
-                return
-            line = raw.decode().rstrip("\r\n")
-            verb = line.split(" ", 1)[0].upper()
-            if verb in ("EHLO", "HELO"):
-                self.wfile.write(b"250-localhost\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n")
-            elif verb == "AUTH":
-                _, _user, password = base64.b64decode(line.split()[2]).split(b"\0")
-                envelope["auth"] = (_user.decode(), password.decode())
-                self.reply("235 ok")
-            elif verb == "MAIL":
-                envelope["from"] = line
-                self.reply("250 ok")
-            elif verb == "RCPT":
-                envelope["rcpt"].append(line)  # type: ignore[union-attr]
-                self.reply("250 ok")
-            elif verb == "DATA":
-                self.reply("354 go on")
-                data = b""
-                while not data.endswith(b"\r\n.\r\n"):
-                    chunk = self.rfile.readline()
-                    if not chunk:
-                        return
-                    data += chunk
-                envelope["data"] = data[: -len(b".\r\n")]
-                server.received.append(envelope)
-                self.reply("250 queued")
-            elif verb == "QUIT":
-                self.reply("221 bye")
-                return
-            else:
-                self.reply("250 ok")
-
-
-class _SMTPServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _SMTPHandler)
-        self.received: list[dict[str, object]] = []
-
-
 @pytest.fixture
-def smtp_server() -> Iterator[_SMTPServer]:
-    server = _SMTPServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def smtp_server() -> Iterator[SMTPServer]:
+    with running_smtp_server() as server:
+        yield server
 
 
 def test_invitation_is_emailed_without_medical_details(tmp_path: Path,
-                                                       smtp_server: _SMTPServer) -> None:
+                                                       smtp_server: SMTPServer) -> None:
     env = make_env(tmp_path / "d", VIEWER_SMTP_HOST="127.0.0.1",
                    VIEWER_SMTP_PORT=str(smtp_server.server_address[1]),
                    VIEWER_SMTP_FROM="viewer@clinic.example", VIEWER_SMTP_USER="mailer",

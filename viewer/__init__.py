@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 
 from flask import Flask, g
 from sqlalchemy.engine import Engine
@@ -19,6 +20,7 @@ from viewer.config import Config, load_config
 from viewer.db import init_db
 from viewer.frames import FrameLoader
 from viewer.ingest import Importer, Limits
+from viewer.notify import notify_result_available
 from viewer.storage import ObjectStore
 
 __all__ = ["Services", "create_app", "services_for"]
@@ -52,7 +54,7 @@ def services_for(config: Config) -> Services:
         max_frame_pixels=config.max_frame_pixels,
         max_frames=config.max_frames,
     )
-    return Services(
+    services = Services(
         config=config,
         engine=engine,
         sessions=sessions,
@@ -60,6 +62,8 @@ def services_for(config: Config) -> Services:
         frames=FrameLoader(store, config.cache_mb << 20),
         importer=Importer(store, sessions, limits),
     )
+    services.importer.on_release = partial(notify_result_available, services)
+    return services
 
 
 def _is_loopback(bind: str) -> bool:

@@ -621,6 +621,8 @@ class Importer:
         self.sessions = sessions
         self.limits = limits
         self.workers = workers
+        # Called with a study UID when an imported report was released to the patient.
+        self.on_release: Callable[[str], object] | None = None
 
     def import_paths(
         self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None
@@ -775,4 +777,6 @@ class Importer:
         with self.sessions() as session:
             row = session.scalars(select(Report).filter_by(sop_uid=candidate.sop_uid)).first()
         if row is not None:
-            reports.note_received(self.sessions, row, "viewer import")
+            released = reports.note_received(self.sessions, row, "viewer import")
+            if released and self.on_release is not None:
+                self.on_release(row.study_uid)

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from viewer import audit, release
+from viewer import audit, notify, release
 from viewer.access import ROLES, Principal, find_study, require_principal, visible_studies
 from viewer.db import AuditEvent, Hold, Patient, Report, Study, StudyView, utcnow
 from viewer.pdf import text_pdf
@@ -249,12 +249,13 @@ def note_release(sessions: sessionmaker, study_uid: str, actor: str = "") -> lis
 
 
 def note_received(sessions: sessionmaker, report: Report, actor: str,
-                  user_pk: int | None = None) -> None:
+                  user_pk: int | None = None) -> list[int]:
+    """Audit "report-received", then any release; the ids released now (see note_release)."""
     with sessions() as db:
         _audit(sessions, db, "report-received", report.study_uid, actor=actor, user_pk=user_pk,
                detail={"report_id": report.id, "kind": report.kind, "status": report.status,
                        "source": report.source})
-    note_release(sessions, report.study_uid, actor)
+    return note_release(sessions, report.study_uid, actor)
 
 
 def add_report(db: Session, study_uid: str, kind: str, **fields: Any) -> Report:
@@ -511,7 +512,8 @@ def receive() -> Response:
                      radiologist=radiologist, signed_at=signed_at, source="api",
                      created_by=principal.name[:256])
     db.commit()
-    note_received(services.sessions, row, principal.name, principal.user_pk)
+    if note_received(services.sessions, row, principal.name, principal.user_pk):
+        notify.notify_result_available(services, study_uid)  # visible now: no hold, not draft
     response = jsonify(id=row.id, study_uid=study_uid, status=status, kind=kind)
     response.status_code = 201
     return response
@@ -582,7 +584,8 @@ def patient_hold(study_uid: str) -> Response:
         for hold in lifted:
             _audit(services.sessions, db, "hold-lifted", study_uid, actor=principal.name,
                    user_pk=principal.user_pk, detail={"hold_id": hold.id, "kind": "patient"})
-        note_release(services.sessions, study_uid, principal.name)
+        if note_release(services.sessions, study_uid, principal.name):
+            notify.notify_result_available(services, study_uid)
         return _done(study_uid, {"lifted": len(lifted)})
     until = _parse_when(data.get("until"), "until")
     reviewed = data.get("until_reviewed")
@@ -628,6 +631,8 @@ def reviewed(study_uid: str) -> Response:
     _audit(services.sessions, db, "study-reviewed", study_uid, actor=principal.name,
            user_pk=principal.user_pk, detail={"holds_ended": [h.id for h in waiting]})
     released = note_release(services.sessions, study_uid, principal.name)
+    if released:
+        notify.notify_result_available(services, study_uid)
     return _done(study_uid, {"holds_ended": len(waiting), "released": released})
 
 
@@ -644,7 +649,8 @@ def clinician_hold(study_uid: str) -> Response:
         for hold in lifted:
             _audit(services.sessions, db, "hold-lifted", study_uid, actor=principal.name,
                    user_pk=principal.user_pk, detail={"hold_id": hold.id, "kind": "clinician"})
-        note_release(services.sessions, study_uid, principal.name)
+        if note_release(services.sessions, study_uid, principal.name):
+            notify.notify_result_available(services, study_uid)
         return _done(study_uid, {"lifted": len(lifted)})
     reason = _text_field(data, "reason", MAX_REASON)
     until = _parse_when(data.get("until"), "until")
