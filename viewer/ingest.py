@@ -44,6 +44,7 @@ from viewer.storage import CHUNK, ObjectStore, TooLarge, read_chunks
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 log = logging.getLogger(__name__)
+META_PEEK = 4096  # bytes read to spot a deflated transfer syntax in the file meta
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 BITS_ALLOCATED = (1, 8, 16, 32)
 MAX_SEQUENCE_DEPTH = 64
@@ -220,8 +221,20 @@ def _dcmread(path: Path, force: bool) -> Dataset:
         raise Refused(f"not a readable DICOM file ({_short(exc)})") from None
 
 
+def _meta_fits(head: bytes) -> bool:
+    """Whether ``head`` holds the whole file meta group (by its group length, 0002,0000)."""
+    if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        return False
+    length = struct.unpack("<I", head[140:144])[0]
+    return 144 + length <= len(head)
+
+
 def _check_deflated(path: Path, limit: int) -> None:
     """pydicom inflates a deflated data set whole, in memory: refuse a deflate bomb first."""
+    with path.open("rb") as handle:
+        head = handle.read(META_PEEK)
+    if _meta_fits(head) and DeflatedExplicitVRLittleEndian.encode() not in head:
+        return  # the whole file meta was read and names another transfer syntax
     try:
         meta = read_file_meta_info(path)
     except Exception:
