@@ -119,4 +119,7 @@ def create_app(config: Config | None = None) -> Flask:
     from viewer import invitations
 
     app.register_blueprint(invitations.bp)
+    from viewer import embed
+
+    embed.init_app(app)  # after security.init_app: its framing headers must run first
     return app

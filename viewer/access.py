@@ -27,6 +27,7 @@ from viewer.db import (
     LoginLink,
     Patient,
     PatientLink,
+    Portal,
     Series,
     Share,
     Study,
@@ -48,6 +49,8 @@ class Principal:
     role: str
     user_pk: int | None = None
     share_pk: int | None = None  # a share link's session: that one study only
+    portal_pk: int | None = None  # an embed session: the portal that launched it
+    study_uids: tuple[str, ...] | None = None  # ... and the studies it was launched for
 
 
 def token_hash(token: str) -> str:
@@ -123,7 +126,8 @@ def current_principal() -> Principal | None:
             current = websessions.load(services.db())
             if current is not None:
                 principal = Principal(
-                    "session", current.name, current.role, current.user_pk, current.share_pk
+                    "session", current.name, current.role, current.user_pk, current.share_pk,
+                    current.portal_pk, current.study_uids,
                 )
         g.principal = principal
     return g.principal
@@ -141,7 +145,9 @@ def study_filter(principal: Principal) -> ColumnElement[bool]:
 
     Staff see every study; a patient sees the studies of the DICOM patient ids
     (with issuer) linked to their account; a share link's session sees its one
-    study while the link is valid; anyone else sees nothing.
+    study while the link is valid; an embed session sees the studies it was launched
+    for (all of one patient's, checked at launch) while its portal is not revoked;
+    anyone else sees nothing.
     """
     if principal.role in ROLES:
         return true()
@@ -164,6 +170,12 @@ def study_filter(principal: Principal) -> ColumnElement[bool]:
             Share.expires_at > utcnow(),
         )
         return Study.study_uid.in_(shared)
+    if principal.role == "embed" and principal.portal_pk is not None and principal.study_uids:
+        # Checked on every request, so revoking the portal takes effect at once.
+        active = select(Portal.id).where(
+            Portal.id == principal.portal_pk, Portal.revoked_at.is_(None)
+        ).exists()
+        return Study.study_uid.in_(principal.study_uids) & active
     return false()
 
 

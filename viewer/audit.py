@@ -44,6 +44,12 @@ EVENTS: dict[str, tuple[str, str]] = {
     "account-enrolled": ("110137", "U"),  # User Security Attributes Changed
     "password-reset": ("110137", "U"),  # User Security Attributes Changed
     "result-notified": ("", "E"),  # a patient was emailed that new results are available
+    # Embedding in a portal: the portal asks for a launch token, the frame trades it in.
+    "portal-added": ("110135", "C"),
+    "portal-revoked": ("110135", "D"),
+    "embed-launch": ("", "E"),
+    "embed-session": ("110114", "E"),  # User Authentication
+    "embed-refused": ("110113", "E"),  # Security Alert: bad, expired or replayed token
 }
 
 

@@ -21,7 +21,7 @@ from typing import TextIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from viewer import Services, audit, services_for
+from viewer import Services, audit, embed, services_for
 from viewer.access import ROLES, create_login_link, create_token
 from viewer.accounts import STAFF_ROLES, AccountError, create_user
 from viewer.config import SETTINGS, ConfigError, load_config
@@ -89,6 +89,35 @@ def cmd_tokens(services: Services, args: argparse.Namespace) -> int:
             row.revoked_at = utcnow()
             db.commit()
             print(f"revoked token {row.id} ({row.name})")
+    return 0
+
+
+def cmd_portals(services: Services, args: argparse.Namespace) -> int:
+    """Portals that may embed the viewer (viewer.embed)."""
+    with services.sessions() as db:
+        if args.action == "add":
+            try:
+                key = embed.add_portal(db, args.name, args.origin)
+            except embed.OriginError as exc:
+                print(f"viewer: {exc}", file=sys.stderr)
+                return 2
+            audit.record(services.sessions, "portal-added", actor="cli",
+                         detail={"portal": args.name})
+            print(f"Added portal {args.name!r}. Its server sends this key as "
+                  "'Authorization: Bearer <key>'; keep it secret, it is shown once:")
+            print(key)
+        elif args.action == "list":
+            for portal, state in embed.portal_rows(db):
+                print(f"{portal.id}\t{portal.name}\t{state}\t{' '.join(portal.origins)}\t"
+                      f"{portal.created_at:%Y-%m-%d %H:%M}")
+        else:
+            if not embed.revoke_portal(db, args.name):
+                print(f"no portal named {args.name!r}", file=sys.stderr)
+                return 1
+            audit.record(services.sessions, "portal-revoked", actor="cli",
+                         detail={"portal": args.name})
+            print(f"revoked portal {args.name!r}: its key and its open embed sessions stop "
+                  "working")
     return 0
 
 
@@ -355,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = tokens.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id", type=int)
     p.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("portals", help="patient portals that may embed the viewer (iframe)")
+    portals = p.add_subparsers(dest="action", required=True)
+    q = portals.add_parser("add", help="register a portal; its key is printed as the last line")
+    q.add_argument("name")
+    q.add_argument("--origin", action="append", required=True,
+                   help="an origin that may frame the viewer, e.g. https://portal.example "
+                   "(repeat for several)")
+    portals.add_parser("list", help="list portals (never their keys)")
+    q = portals.add_parser("revoke", help="revoke a portal by name")
+    q.add_argument("name")
+    p.set_defaults(func=cmd_portals)
 
     p = sub.add_parser("users", help="patient and staff accounts")
     users = p.add_subparsers(dest="action", required=True)

@@ -210,6 +210,9 @@ class WebSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     # A share link's session sees that one study only (see access.study_filter).
     share_pk: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # An embed session (role "embed"): the portal that launched it and the studies it sees.
+    portal_pk: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    study_uids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     address: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -341,6 +344,31 @@ class Invitation(Base):
     purpose: Mapped[str] = mapped_column(String(16))  # "enrol" or "reset"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Portal(Base):
+    """A patient portal that may frame the viewer; only the SHA-256 of its key is kept."""
+
+    __tablename__ = "portals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    origins: Mapped[list[str]] = mapped_column(JSON, default=list)  # may frame the embed pages
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class LaunchToken(Base):
+    """An issued embed launch token, by its id (jti): used_at makes it single-use."""
+
+    __tablename__ = "launch_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    jti: Mapped[str] = mapped_column(String(64), unique=True)
+    portal_pk: Mapped[int] = mapped_column(ForeignKey("portals.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 

@@ -158,7 +158,9 @@ def login_link(secret: str) -> Response:
 def _csrf_guard() -> None:
     """Refuse cross-site state changes: Origin must be ours, and a cookie session's
     requests must carry its CSRF token. Bearer-token calls carry no ambient
-    credentials, so they need neither."""
+    credentials, so they need neither; nor do a session named by its header
+    (``websessions.SESSION_HEADER``) or the embed token exchange (the launch token
+    in its body is the credential), which still get the Origin check."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     if request.headers.get("Authorization", "").lower().startswith("bearer "):
@@ -166,8 +168,10 @@ def _csrf_guard() -> None:
     origin = request.headers.get("Origin")
     if origin and origin != "null" and urlsplit(origin).netloc != request.host:
         abort(403, description="cross-site request refused")
+    if request.endpoint == "embed.session":
+        return
     current = websessions.load(_services().db())
-    if current is not None and not websessions.csrf_ok(current):
+    if current is not None and not current.from_header and not websessions.csrf_ok(current):
         abort(403, description="missing or wrong CSRF token; reload the page and try again")
 
 

@@ -24,6 +24,9 @@ from viewer.db import WebSession, utcnow
 TOUCH_INTERVAL = timedelta(seconds=30)
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
+# An embedded viewer whose browser refuses third-party cookies sends its session here;
+# a header is not sent by the browser on its own, so such requests need no CSRF token.
+SESSION_HEADER = "X-Viewer-Session"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,9 @@ class Current:
     role: str
     csrf_token: str
     share_pk: int | None = None
+    portal_pk: int | None = None  # an embed session: its portal and its studies only
+    study_uids: tuple[str, ...] | None = None
+    from_header: bool = False  # named by SESSION_HEADER, not by an ambient cookie
 
 
 def _hash(token: str) -> str:
@@ -46,8 +52,19 @@ def cookie_name(app: Flask) -> str:
     return str(app.config["SESSION_COOKIE_NAME"])
 
 
+def embed_cookie_name(app: Flask) -> str:
+    return "__Host-viewer-embed" if app.config["SESSION_COOKIE_SECURE"] else "viewer_embed"
+
+
 def start(
-    db: Session, *, user_pk: int | None, name: str, role: str, share_pk: int | None = None
+    db: Session,
+    *,
+    user_pk: int | None,
+    name: str,
+    role: str,
+    share_pk: int | None = None,
+    portal_pk: int | None = None,
+    study_uids: list[str] | None = None,
 ) -> tuple[str, Current]:
     """A new session (new id at every sign-in); returns the cookie value and the row."""
     config = current_app.extensions["viewer"].config
@@ -59,6 +76,8 @@ def start(
         name=name,
         role=role,
         share_pk=share_pk,
+        portal_pk=portal_pk,
+        study_uids=study_uids,
         csrf_token=secrets.token_urlsafe(32),
         address=request.remote_addr or "",
         created_at=now,
@@ -67,7 +86,7 @@ def start(
     )
     db.add(row)
     db.commit()
-    current = Current(row.id, user_pk, name, role, row.csrf_token, share_pk)
+    current = _current(row)
     g.web_session = current
     return token, current
 
@@ -85,18 +104,53 @@ def set_cookie(response: Response, token: str) -> None:
     )
 
 
+def set_embed_cookie(response: Response, token: str) -> None:
+    """The embedded viewer's cookie: sent in the portal's frame only (SameSite=None,
+    Partitioned, so CHIPS keys it to the portal's site). Secure always: browsers require
+    it with SameSite=None, and treat http://localhost as secure."""
+    response.set_cookie(
+        embed_cookie_name(current_app),
+        token,
+        max_age=int(current_app.extensions["viewer"].config.session_max_hours * 3600),
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="None",
+        partitioned=True,
+    )
+
+
+def _current(row: WebSession, from_header: bool = False) -> Current:
+    uids = tuple(row.study_uids) if row.study_uids is not None else None
+    return Current(row.id, row.user_pk, row.name, row.role, row.csrf_token, row.share_pk,
+                   row.portal_pk, uids, from_header)
+
+
+def _request_token() -> tuple[str | None, bool]:
+    """The session id of this request and whether it came in SESSION_HEADER."""
+    header = request.headers.get(SESSION_HEADER)
+    if header:
+        return header.strip(), True
+    cookies = request.cookies
+    return (cookies.get(cookie_name(current_app))
+            or cookies.get(embed_cookie_name(current_app))), False
+
+
 def clear_cookie(response: Response) -> None:
     response.delete_cookie(
         cookie_name(current_app), path="/", secure=bool(current_app.config["SESSION_COOKIE_SECURE"])
     )
+    if embed_cookie_name(current_app) in request.cookies:
+        response.delete_cookie(embed_cookie_name(current_app), path="/", secure=True,
+                               httponly=True, samesite="None", partitioned=True)
 
 
 def load(db: Session) -> Current | None:
-    """The valid session named by this request's cookie, or None."""
+    """The valid session named by this request's session header or cookie, or None."""
     if "web_session" in g:
         return g.web_session
     current = None
-    token = request.cookies.get(cookie_name(current_app))
+    token, from_header = _request_token()
     if token:
         config = current_app.extensions["viewer"].config
         row = db.scalars(select(WebSession).filter_by(token_hash=_hash(token))).first()
@@ -112,9 +166,7 @@ def load(db: Session) -> Current | None:
                 db.execute(update(WebSession).where(WebSession.id == row.id).values(
                     last_seen_at=now))
                 db.commit()
-            current = Current(
-                row.id, row.user_pk, row.name, row.role, row.csrf_token, row.share_pk
-            )
+            current = _current(row, from_header)
     g.web_session = current
     return current
 
