@@ -6,7 +6,7 @@ VIEWER_BIND ?= 127.0.0.1:8000
 export VIEWER_BIND
 export VIEWER_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test lint bench setup setup-dev clean
+.PHONY: run test lint bench setup setup-dev clean host-portal
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ run: setup
 	@echo "================================================================"
 	@echo
 	exec $(PY) -m gunicorn -c gunicorn.conf.py wsgi:app
+
+# The example portal that embeds the viewer (examples/host-portal), on http://localhost:8100.
+host-portal: setup
+	exec $(PY) examples/host-portal/app.py
 
 test: setup-dev
 	$(PY) -m ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ def portal(services: Services, tmp_path: Path) -> dict:  # type: ignore[type-arg
 
     with services.sessions() as db:
         key = add_portal(db, "mychart", [ORIGIN, "https://other.example:8443"])
+        portal_id = db.scalars(select(Portal.id).filter_by(name="mychart")).one()
     first = add_study(services, tmp_path, "P-ALICE", "Alice^A")
     ds = make_dataset(patient=("P-ALICE", "Alice^A"))
     path = tmp_path / "alice2.dcm"
@@ -37,7 +39,8 @@ def portal(services: Services, tmp_path: Path) -> dict:  # type: ignore[type-arg
     second = {"study": ds.StudyInstanceUID, "series": ds.SeriesInstanceUID,
               "sop": ds.SOPInstanceUID}
     bob = add_study(services, tmp_path, "P-BOB", "Bob^B")
-    return {"key": key, "auth": {"Authorization": f"Bearer {key}"}, "first": first,
+    return {"key": key, "id": portal_id, "auth": {"Authorization": f"Bearer {key}"},
+            "first": first,
             "second": second, "bob": bob}
 
 
@@ -49,8 +52,13 @@ def launch(app: Flask, portal: dict, **body: object):  # type: ignore[no-untyped
 def token_of(response) -> str:  # type: ignore[no-untyped-def]
     assert response.status_code == 201, response.get_json()
     url = response.get_json()["url"]
-    assert url.startswith("http://localhost/embed/launch#")
+    assert re.match(r"^http://localhost/embed/\d+/launch#", url), url
     return url.split("#", 1)[1]
+
+
+def trade(client, token: str, portal: dict):  # type: ignore[no-untyped-def,type-arg]
+    """What the launch page's script does: the token for an embed session."""
+    return client.post("/api/embed/session", json={"token": token, "portal": portal["id"]})
 
 
 def frame_url(ids: dict[str, str]) -> str:
@@ -98,7 +106,7 @@ def test_launch_and_session(app: Flask, services: Services, portal: dict) -> Non
     assert token not in str(launched.detail)
 
     frame = app.test_client()
-    answer = frame.post("/api/embed/session", json={"token": token})
+    answer = trade(frame, token, portal)
     assert answer.status_code == 201
     body = answer.get_json()
     assert {s["study_uid"] for s in body["studies"]} == {portal["first"]["study"],
@@ -127,7 +135,7 @@ def test_launch_and_session(app: Flask, services: Services, portal: dict) -> Non
 def test_launch_for_some_studies_only(app: Flask, portal: dict) -> None:  # type: ignore[type-arg]
     token = token_of(launch(app, portal, study_uids=[portal["first"]["study"]]))
     frame = app.test_client()
-    body = frame.post("/api/embed/session", json={"token": token}).get_json()
+    body = trade(frame, token, portal).get_json()
     assert [s["study_uid"] for s in body["studies"]] == [portal["first"]["study"]]
     assert frame.get(f"/api/studies/{portal['first']['study']}").status_code == 200
     assert frame.get(frame_url(portal["first"])).status_code == 200
@@ -164,8 +172,8 @@ def test_launch_refusals(app: Flask, services: Services, portal: dict) -> None: 
 def test_replayed_token_is_refused_and_audited(app: Flask, services: Services,
                                                portal: dict) -> None:  # type: ignore[type-arg]
     token = token_of(launch(app, portal))
-    assert app.test_client().post("/api/embed/session", json={"token": token}).status_code == 201
-    replay = app.test_client().post("/api/embed/session", json={"token": token})
+    assert trade(app.test_client(), token, portal).status_code == 201
+    replay = trade(app.test_client(), token, portal)
     assert replay.status_code == 401
     assert "used already" in replay.get_json()["error"]
     refused = audit_rows(services, "embed-refused")[-1]
@@ -180,14 +188,14 @@ def test_expired_forged_and_revoked(app: Flask, services: Services, portal: dict
     short = token_of(launch(app, portal, ttl=1))
     revoked = token_of(launch(app, portal))
     time.sleep(1.5)
-    expired = client.post("/api/embed/session", json={"token": short})
+    expired = trade(client, short, portal)
     assert expired.status_code == 401 and "expired" in expired.get_json()["error"]
-    forged = client.post("/api/embed/session", json={"token": short[:-2] + "AA"})
+    forged = trade(client, short[:-2] + "AA", portal)
     assert forged.status_code == 401 and "not valid" in forged.get_json()["error"]
     assert client.post("/api/embed/session", json={}).status_code == 400
     with services.sessions() as db:
         assert revoke_portal(db, "mychart")
-    refused = client.post("/api/embed/session", json={"token": revoked})
+    refused = trade(client, revoked, portal)
     assert refused.status_code == 401
     assert [row.outcome for row in audit_rows(services, "embed-refused")] == [
         "refused: expired launch token", "refused: invalid launch token",
@@ -198,7 +206,7 @@ def test_expired_forged_and_revoked(app: Flask, services: Services, portal: dict
 def test_revoking_the_portal_ends_its_sessions(app: Flask, services: Services,
                                                portal: dict) -> None:  # type: ignore[type-arg]
     frame = app.test_client()
-    frame.post("/api/embed/session", json={"token": token_of(launch(app, portal))})
+    trade(frame, token_of(launch(app, portal)), portal)
     assert frame.get(f"/api/studies/{portal['first']['study']}").status_code == 200
     with services.sessions() as db:
         revoke_portal(db, "mychart")
@@ -207,8 +215,7 @@ def test_revoking_the_portal_ends_its_sessions(app: Flask, services: Services,
 
 def test_header_session_without_cookies(app: Flask, portal: dict) -> None:  # type: ignore[type-arg]
     frame = app.test_client(use_cookies=False)
-    body = frame.post("/api/embed/session",
-                      json={"token": token_of(launch(app, portal))}).get_json()
+    body = trade(frame, token_of(launch(app, portal)), portal).get_json()
     study = f"/api/studies/{portal['first']['study']}"
     assert frame.get(study).status_code == 401
     header = {"X-Viewer-Session": body["session"]}
@@ -223,8 +230,7 @@ def test_header_session_without_cookies(app: Flask, portal: dict) -> None:  # ty
 
 def test_cookie_session_still_needs_csrf(app: Flask, portal: dict) -> None:  # type: ignore[type-arg]
     frame = app.test_client()
-    body = frame.post("/api/embed/session",
-                      json={"token": token_of(launch(app, portal))}).get_json()
+    body = trade(frame, token_of(launch(app, portal)), portal).get_json()
     assert frame.delete("/api/session").status_code == 403
     signed_out = frame.delete("/api/session", headers={"X-CSRF-Token": body["csrf_token"]})
     assert signed_out.status_code == 204
@@ -232,11 +238,10 @@ def test_cookie_session_still_needs_csrf(app: Flask, portal: dict) -> None:  # t
     assert len(cleared) == 1 and "Partitioned" in cleared[0] and "Max-Age=0" in cleared[0]
     # A second launch in the same browser (old cookie still there) still trades in.
     token = token_of(launch(app, portal))
-    assert frame.post("/api/embed/session", json={"token": token}).status_code == 201
+    assert trade(frame, token, portal).status_code == 201
 
 
 def test_frame_ancestors(app: Flask, services: Services, portal: dict) -> None:  # type: ignore[type-arg]
-    app.add_url_rule("/embed/launch", "embed_launch_test", lambda: "launch page")
     app.add_url_rule("/embed/test", "embed_test", lambda: "embed page")
     client = app.test_client()
 
@@ -249,14 +254,24 @@ def test_frame_ancestors(app: Flask, services: Services, portal: dict) -> None: 
         add_portal(db, "second", ["https://second.example"])
         add_portal(db, "gone", ["https://gone.example"])
         revoke_portal(db, "gone")
-    page = client.get("/embed/launch")
+        ids = dict(db.execute(select(Portal.name, Portal.id)).all())
+    # The launch page may be framed by its own portal's origins, no one else's.
+    page = client.get(f"/embed/{portal['id']}/launch")
+    assert page.status_code == 200
     csp = page.headers["Content-Security-Policy"]
-    assert ("frame-ancestors https://portal.example https://other.example:8443 "
-            "https://second.example;") in csp
-    assert "gone.example" not in csp and "X-Frame-Options" not in page.headers
+    assert "frame-ancestors https://portal.example https://other.example:8443;" in csp
+    assert "second.example" not in csp and "X-Frame-Options" not in page.headers
     assert "script-src 'self'" in csp and page.headers["Referrer-Policy"] == "no-referrer"
+    second = client.get(f"/embed/{ids['second']}/launch").headers["Content-Security-Policy"]
+    assert "frame-ancestors https://second.example;" in second
+    for gone in (ids["gone"], 9999):
+        missing = client.get(f"/embed/{gone}/launch")
+        assert missing.status_code == 404
+        assert "frame-ancestors 'none'" in missing.headers["Content-Security-Policy"]
+        assert missing.headers["X-Frame-Options"] == "DENY"
 
-    client.post("/api/embed/session", json={"token": token_of(launch(app, portal))})
+    client.post("/api/embed/session", json={"token": token_of(launch(app, portal)),
+                                            "portal": portal["id"]})
     inside = client.get("/embed/test")
     assert ("frame-ancestors https://portal.example https://other.example:8443;"
             in inside.headers["Content-Security-Policy"])
@@ -264,6 +279,32 @@ def test_frame_ancestors(app: Flask, services: Services, portal: dict) -> None: 
     outside = client.get(f"/api/studies/{portal['first']['study']}")
     assert "frame-ancestors 'none'" in outside.headers["Content-Security-Policy"]
     assert outside.headers["X-Frame-Options"] == "DENY"
+
+
+def test_launch_page_carries_no_secret(app: Flask, portal: dict) -> None:  # type: ignore[type-arg]
+    """The page knows its portal's origins (for postMessage) and nothing about the patient."""
+    page = app.test_client().get(f"/embed/{portal['id']}/launch")
+    html = page.get_data(as_text=True)
+    origins = "[&#34;https://portal.example&#34;, &#34;https://other.example:8443&#34;]"
+    assert f'data-origins="{origins}"' in html
+    assert "js/embed.js" in html and "P-ALICE" not in html
+    assert page.headers["Cache-Control"] == "private, no-cache"
+
+
+def test_token_of_another_portal_is_refused(app: Flask, services: Services,
+                                            portal: dict) -> None:  # type: ignore[type-arg]
+    """A token traded on another portal's page (framed by that portal's origins) is refused."""
+    with services.sessions() as db:
+        add_portal(db, "second", ["https://second.example"])
+        other = db.scalars(select(Portal.id).filter_by(name="second")).one()
+    token = token_of(launch(app, portal))
+    refused = app.test_client().post("/api/embed/session", json={"token": token, "portal": other})
+    assert refused.status_code == 401
+    assert refused.get_json()["error"] == "This link to your images is not valid here."
+    assert audit_rows(services, "embed-refused")[-1].outcome == (
+        "refused: launch token of another portal")
+    no_portal = app.test_client().post("/api/embed/session", json={"token": token})
+    assert no_portal.status_code == 400
 
 
 def test_patient_and_staff_sessions_unchanged(app: Flask, services: Services,

@@ -3,17 +3,19 @@
 A portal is registered with ``viewer portals add`` (its key is shown once; only the
 SHA-256 is kept) and the origins that may frame the viewer. Its server asks
 ``POST /api/embed/launch`` (``Authorization: Bearer <portal key>``) for a launch URL
-bound to one patient and some of their studies: ``/embed/launch#<token>``, the token
-in the fragment so it never reaches a server log or a Referer. The token is signed
-with the app's secret key, lives at most 60 s and is single-use (``LaunchToken``).
-The frame's page script trades it at ``POST /api/embed/session`` for a server-side
+bound to one patient and some of their studies: ``/embed/<portal id>/launch#<token>``,
+the token in the fragment so it never reaches a server log or a Referer. The token is
+signed with the app's secret key, lives at most 60 s and is single-use (``LaunchToken``).
+The frame's page (``embed.html`` + ``embed.js``, which removes the token from the
+address first) trades it at ``POST /api/embed/session`` for a server-side
 session of role "embed" that sees those studies only (``access.study_filter``) and
 reaches nothing but their read routes (``_embed_guard``). The session comes back as a
 partitioned ``SameSite=None`` cookie and, for browsers that refuse third-party
 cookies, in the body for the ``X-Viewer-Session`` header.
 
-Responses under ``/embed/`` may be framed by the portal's origins only; every other
-page keeps ``frame-ancestors 'none'`` and ``X-Frame-Options: DENY``.
+Responses under ``/embed/`` may be framed by the portal's origins only (the portal in
+the path, or the session's); every other page keeps ``frame-ancestors 'none'`` and
+``X-Frame-Options: DENY``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,18 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    render_template,
+    request,
+    url_for,
+)
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -47,6 +60,10 @@ KEY_PREFIX = "vwp_"
 EMBED_ENDPOINTS = {"static", "api.studies", "signin.api_signout"}
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+
+
+# What the frame shows when a launch is refused (the page adds: open it again from the portal).
+EXPIRED = "This link to your images has expired."
 
 
 class OriginError(ValueError):
@@ -187,7 +204,8 @@ def launch() -> Response:
     })
     audit.record(services.sessions, "embed-launch", **who,
                  detail={"portal": portal.name, "studies": len(uids), "ttl": asked["ttl"]})
-    response = jsonify(url=f"{request.host_url}embed/launch#{token}")
+    response = jsonify(url=url_for("embed.launch_page", portal_id=portal.id, _external=True)
+                       + "#" + token)
     response.status_code = 201
     return response
 
@@ -209,23 +227,27 @@ def session() -> Response:
     db = services.db()
     data: Any = request.get_json(silent=True)
     if not isinstance(data, dict) or not isinstance(data.get("token"), str) \
-            or not data["token"] or len(data["token"]) > 100_000:
-        abort(400, description='send JSON {"token": <the launch token>}')
+            or not data["token"] or len(data["token"]) > 100_000 \
+            or isinstance(data.get("portal"), bool) or not isinstance(data.get("portal"), int):
+        abort(400, description='send JSON {"token": <the launch token>, '
+              '"portal": <the portal id from the launch URL>}')
     try:
         payload = _serializer().loads(data["token"], max_age=MAX_TTL)
     except SignatureExpired:
-        _refuse("expired launch token", "this launch link has expired; open it again "
-                "from the portal")
+        _refuse("expired launch token", EXPIRED)
     except BadSignature:
-        _refuse("invalid launch token", "this launch link is not valid")
+        _refuse("invalid launch token", "This link to your images is not valid.")
     if not isinstance(payload, dict) or not {"portal", "jti", "exp", "studies"} <= set(payload):
-        _refuse("invalid launch token", "this launch link is not valid")
+        _refuse("invalid launch token", "This link to your images is not valid.")
     portal = db.get(Portal, payload["portal"])
     if time.time() > payload["exp"]:
-        _refuse("expired launch token", "this launch link has expired; open it again "
-                "from the portal", portal, payload)
+        _refuse("expired launch token", EXPIRED, portal, payload)
     if portal is None or portal.revoked_at is not None:
-        _refuse("portal revoked", "this portal may no longer open the viewer", portal, payload)
+        _refuse("portal revoked", "This portal may no longer show your images.", portal, payload)
+    if data["portal"] != portal.id:
+        # The page was framed as another portal's: its origins are not this token's.
+        _refuse("launch token of another portal", "This link to your images is not valid here.",
+                portal, payload)
     now = utcnow()
     used = db.execute(
         update(LaunchToken)
@@ -235,8 +257,8 @@ def session() -> Response:
     )
     db.commit()
     if used.rowcount != 1:  # type: ignore[attr-defined]
-        _refuse("launch token used already", "this launch link has been used already; "
-                "open the viewer again from the portal", portal, payload)
+        _refuse("launch token used already",
+                "This link to your images has been used already.", portal, payload)
     name = f"embed:{portal.name}:{payload['patient_id']}"[:128]
     token, current = websessions.start(db, user_pk=None, name=name, role="embed",
                                        portal_pk=portal.id, study_uids=list(payload["studies"]))
@@ -253,6 +275,15 @@ def session() -> Response:
     response.status_code = 201
     websessions.set_embed_cookie(response, token)
     return response
+
+
+@bp.get("/embed/<int:portal_id>/launch")
+def launch_page(portal_id: int) -> str:
+    """The framed page; its script reads the token from the fragment (never sent here)."""
+    portal = _services().db().get(Portal, portal_id)
+    if portal is None or portal.revoked_at is not None:
+        abort(404, description="this portal may not open the viewer")
+    return render_template("embed.html", portal_id=portal.id, origins=list(portal.origins))
 
 
 # ------------------------------------------------------------------ the embed session
@@ -274,18 +305,18 @@ def _embed_guard() -> Response | None:
 
 
 def _frame_origins() -> list[str]:
-    """Who may frame this ``/embed/`` response: the session's portal, or for the launch
-    page (no session yet) every active portal."""
+    """Who may frame this ``/embed/`` response: the portal named in the path (the launch
+    page, before there is a session), else the session's portal."""
     db = _services().db()
-    if request.path == "/embed/launch":
-        origins: list[str] = []
-        for portal in db.scalars(select(Portal).where(Portal.revoked_at.is_(None))):
-            origins.extend(o for o in portal.origins if o not in origins)
-        return origins
-    current = websessions.load(db)
-    if current is None or current.role != "embed" or current.portal_pk is None:
+    portal_pk = (request.view_args or {}).get("portal_id")
+    if portal_pk is None:
+        current = websessions.load(db)
+        if current is None or current.role != "embed":
+            return []
+        portal_pk = current.portal_pk
+    if portal_pk is None:
         return []
-    portal = db.get(Portal, current.portal_pk)
+    portal = db.get(Portal, portal_pk)
     if portal is None or portal.revoked_at is not None:
         return []
     return list(portal.origins)

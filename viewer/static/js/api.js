@@ -5,6 +5,42 @@
  * into ApiError with that text so the UI can show it to people.
  */
 
+/**
+ * A session held in memory (the embedded viewer): sent as a header on every
+ * request, so the viewer works where the browser refuses third-party cookies.
+ * @type {{token: string, csrf: string} | null}
+ */
+let session = null;
+/** @type {((err: ApiError) => void) | null} */
+let onUnauthorized = null;
+
+/**
+ * Use this session for every request from now on.
+ * @param {string} token
+ * @param {string} csrf
+ * @param {(err: ApiError) => void} [whenRefused] called when the server answers 401
+ */
+export function useSession(token, csrf, whenRefused) {
+  session = { token, csrf };
+  onUnauthorized = whenRefused || null;
+}
+
+/** True when requests carry the in-memory session (cookies may be refused). */
+export function hasSessionHeader() {
+  return session !== null;
+}
+
+/**
+ * Headers that authenticate a request: the CSRF token (from the in-memory session,
+ * or the page's meta tag) and the session itself when it is held in memory.
+ * @returns {Record<string, string>}
+ */
+export function authHeaders() {
+  if (session) return { 'X-Viewer-Session': session.token, 'X-CSRF-Token': session.csrf };
+  const meta = /** @type {HTMLMetaElement | null} */ (document.querySelector('meta[name="csrf-token"]'));
+  return meta && meta.content ? { 'X-CSRF-Token': meta.content } : {};
+}
+
 export class ApiError extends Error {
   /**
    * @param {string} message
@@ -45,15 +81,23 @@ async function errorFrom(response) {
  * @param {RequestInit} [init]
  * @returns {Promise<Response>}
  */
-async function request(url, init) {
+export async function request(url, init = {}) {
   let response;
   try {
-    response = await fetch(url, { credentials: 'same-origin', ...init });
+    response = await fetch(url, {
+      credentials: 'same-origin',
+      ...init,
+      headers: { ...authHeaders(), ...(init.headers || {}) },
+    });
   } catch (err) {
     if (err instanceof DOMException && err.name === 'AbortError') throw err;
     throw new ApiError('Could not reach the server. Check your connection and try again.', 0);
   }
-  if (!response.ok) throw await errorFrom(response);
+  if (!response.ok) {
+    const err = await errorFrom(response);
+    if (response.status === 401 && onUnauthorized) onUnauthorized(err);
+    throw err;
+  }
   return response;
 }
 
@@ -83,6 +127,16 @@ export async function fetchBitmap(url, signal) {
   } catch (_) {
     throw new ApiError('The image could not be decoded by this browser.', response.status);
   }
+}
+
+/**
+ * GET an image as a blob: URL, for an <img> whose request must carry the session header.
+ * @param {string} url
+ * @returns {Promise<string>}
+ */
+export async function fetchObjectURL(url) {
+  const response = await request(url, { headers: { Accept: 'image/png, image/jpeg;q=0.9' } });
+  return URL.createObjectURL(await response.blob());
 }
 
 /**

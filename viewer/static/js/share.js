@@ -4,7 +4,7 @@
  * and the Share dialog (create a link, copy it, list and revoke links).
  * The Download button is a plain link: the browser streams the zip itself.
  */
-import { num } from './api.js';
+import { num, request } from './api.js';
 
 /**
  * @typedef {{slice: {url: string} | null, window: {center: number, width: number} | null,
@@ -19,38 +19,13 @@ function byId(id) {
   return document.getElementById(id);
 }
 
-function csrfToken() {
-  const meta = /** @type {HTMLMetaElement | null} */ (document.querySelector('meta[name="csrf-token"]'));
-  return meta ? meta.content : '';
-}
-
 /**
- * fetch() with the session's CSRF token; the server's {"error"} as the message.
+ * A JSON request with the session's credentials; the server's {"error"} as the message.
  * @param {string} url
  * @param {RequestInit} [init]
  */
-async function call(url, init = {}) {
-  let response;
-  try {
-    response = await fetch(url, {
-      credentials: 'same-origin',
-      ...init,
-      headers: { Accept: 'application/json', 'X-CSRF-Token': csrfToken(), ...(init.headers || {}) },
-    });
-  } catch (_) {
-    throw new Error('Could not reach the server. Check your connection and try again.');
-  }
-  if (!response.ok) {
-    let text = `The server answered ${response.status}`;
-    try {
-      const body = await response.json();
-      if (body && typeof body.error === 'string') text = body.error;
-    } catch (_) {
-      // not JSON
-    }
-    throw new Error(text);
-  }
-  return response;
+function call(url, init = {}) {
+  return request(url, { ...init, headers: { Accept: 'application/json', ...(init.headers || {}) } });
 }
 
 /** @param {string} text */
