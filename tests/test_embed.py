@@ -210,7 +210,12 @@ def test_revoking_the_portal_ends_its_sessions(app: Flask, services: Services,
     assert frame.get(f"/api/studies/{portal['first']['study']}").status_code == 200
     with services.sessions() as db:
         revoke_portal(db, "mychart")
-    assert frame.get(f"/api/studies/{portal['first']['study']}").status_code == 404
+    ended = frame.get(f"/api/studies/{portal['first']['study']}")
+    assert ended.status_code == 401
+    assert ended.get_json()["error"] == "This portal may no longer show your images."
+    # The session is gone, not just refused.
+    assert frame.get(f"/api/studies/{portal['first']['study']}").status_code == 401
+    assert frame.get("/api/studies").status_code == 401
 
 
 def test_header_session_without_cookies(app: Flask, portal: dict) -> None:  # type: ignore[type-arg]

@@ -290,14 +290,21 @@ def launch_page(portal_id: int) -> str:
 
 
 def _embed_guard() -> Response | None:
-    """An embed session reaches its studies' read routes and nothing else (404)."""
+    """An embed session reaches its studies' read routes and nothing else (404), while
+    its portal is not revoked (401)."""
     if request.endpoint is None or request.endpoint in EMBED_ENDPOINTS:
         return None
     if request.endpoint.startswith("embed."):
         return None
-    current = websessions.load(_services().db())
+    db = _services().db()
+    current = websessions.load(db)
     if current is None or current.role != "embed":
         return None
+    portal = db.get(Portal, current.portal_pk) if current.portal_pk is not None else None
+    if portal is None or portal.revoked_at is not None:
+        # Revoking a portal ends its sessions: the frame says so and tells the portal.
+        websessions.end(db, current)
+        return error_response(401, "This portal may no longer show your images.")
     study_uid = (request.view_args or {}).get("study_uid")
     if request.method in ("GET", "HEAD") and study_uid in (current.study_uids or ()):
         return None

@@ -382,3 +382,16 @@ def test_replayed_and_expired_launches_are_refused(browser: Any, sites: Sites) -
     expect(frame.locator("#embed-message-text")).to_contain_text("expired")
     page.locator("#viewer-frame").screenshot(path=str(ARTIFACTS / "embed-refused.png"))
     context.close()
+
+
+def test_revoking_the_portal_ends_the_session_inside_the_frame(browser: Any, sites: Sites) -> None:
+    """Last in this module: it revokes the portal. The open frame's next request is refused;
+    it says so and tells the portal (``sessionExpired``)."""
+    context, page, _ = open_portal(browser, sites.portal)
+    frame = page.frame_locator("#viewer-frame")
+    expect(frame.locator("#viewport")).to_have_attribute("data-state", "ready")
+    run_cli(sites.env, "portals", "revoke", "test-portal")
+    frame.locator(".series-item").nth(1).click()
+    expect(frame.locator("#embed-message-title")).to_have_text("Your viewing session has ended")
+    wait_event(page, "sessionExpired")
+    context.close()
