@@ -26,6 +26,7 @@ import pytest
 from test_viewer_browser import (
     ARTIFACTS,
     CHROMIUM_ARGS,
+    DOCS,
     ROOT,
     TIMEOUT_MS,
     chromium_path,
@@ -207,7 +208,7 @@ def wait_event(page: Any, kind: str, **match: Any) -> dict[str, Any]:
 
 def test_embedded_viewer_in_a_portal(browser: Any, sites: Sites) -> None:
     context, page, problems = open_portal(browser, sites.portal,
-                                          viewport={"width": 1280, "height": 1000})
+                                          viewport={"width": 1200, "height": 1060})
     frame = page.frame_locator("#viewer-frame")
     viewport = frame.locator("#viewport")
     expect(viewport).to_have_attribute("data-state", "ready")
@@ -230,6 +231,13 @@ def test_embedded_viewer_in_a_portal(browser: Any, sites: Sites) -> None:
     expect(viewport).not_to_have_attribute("data-slice-index", str(start["index"]))
     moved = int(viewport.get_attribute("data-slice-index"))
     wait_event(page, "sliceChanged", index=moved)
+
+    # The README's picture of the example portal: written when missing, or on request.
+    expect(viewport).to_have_attribute("data-state", "ready")
+    page.mouse.move(5, 5)
+    target = DOCS / "embed.png"
+    if not target.exists() or os.environ.get("VIEWER_UPDATE_SCREENSHOT"):
+        target.write_bytes(page.screenshot())
 
     # The portal's commands drive the viewer.
     page.fill("#slice-index", "3")
