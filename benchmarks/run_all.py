@@ -1,4 +1,4 @@
-"""Run every benchmark and print one table: ``python benchmarks/run_all.py [render ingest http]``.
+"""Run every benchmark and print one table: ``python benchmarks/run_all.py [NAME ...]``.
 
 Each benchmark runs as its own process (exactly as when run by hand) and
 writes ``benchmarks/results/<name>.json``; this script then prints one
@@ -32,7 +32,9 @@ from benchmarks.common import (
     markdown_table,
 )
 
-BENCHMARKS = {"render": 150, "ingest": 180, "http": 330}  # name -> timeout (s)
+BENCHMARKS = {  # name -> timeout (s)
+    "render": 150, "ingest": 180, "http": 330, "dicomweb": 240, "upstream": 240,
+}
 
 
 def run_one(name: str, timeout: float) -> dict[str, Any]:

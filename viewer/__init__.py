@@ -21,6 +21,9 @@ from viewer.db import init_db
 from viewer.frames import FrameLoader
 from viewer.ingest import Importer, Limits
 from viewer.notify import notify_result_available
+from viewer.pacs import PacsClient
+from viewer.pacscache import IndexLink, PacsStore
+from viewer.pacssync import PacsSync
 from viewer.storage import ObjectStore
 
 __all__ = ["Services", "create_app", "services_for"]
@@ -37,6 +40,7 @@ class Services:
     frames: FrameLoader
     importer: Importer
     token_cache: dict = field(default_factory=dict)
+    pacs: PacsSync | None = None  # with VIEWER_SOURCE=dicomweb: keeps the index in step
 
     def db(self) -> Session:
         """The request's database session, opened on first use and closed at teardown."""
@@ -47,13 +51,21 @@ class Services:
 
 def services_for(config: Config) -> Services:
     engine, sessions = init_db(config.database_url, config.data_dir / "migrate.lock")
-    store = ObjectStore(config.storage_dir, config.data_dir / "tmp")
-    store.clean_staging()
     limits = Limits(
         max_file_bytes=config.max_file_mb << 20,
         max_frame_pixels=config.max_frame_pixels,
         max_frames=config.max_frames,
     )
+    client = None
+    if config.source == "dicomweb":
+        client = PacsClient(config.source_url, config.source_auth, config.source_timeout,
+                            limits.max_file_bytes)
+        store: ObjectStore = PacsStore(
+            config.storage_dir, config.data_dir / "tmp", config.source_cache_dir,
+            config.source_cache_mb << 20, client, IndexLink(sessions))
+    else:
+        store = ObjectStore(config.storage_dir, config.data_dir / "tmp")
+    store.clean_staging()
     services = Services(
         config=config,
         engine=engine,
@@ -63,6 +75,9 @@ def services_for(config: Config) -> Services:
         importer=Importer(store, sessions, limits),
     )
     services.importer.on_release = partial(notify_result_available, services)
+    if client is not None:
+        services.pacs = PacsSync(client, sessions, services.importer, limits, config.data_dir,
+                                 config.source_sync_minutes)
     return services
 
 
@@ -122,4 +137,8 @@ def create_app(config: Config | None = None) -> Flask:
     from viewer import embed
 
     embed.init_app(app)  # after security.init_app: its framing headers must run first
+    if services.pacs is not None:
+        from viewer import pacssync
+
+        pacssync.init_app(app, services.pacs)
     return app

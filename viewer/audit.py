@@ -30,6 +30,7 @@ EVENTS: dict[str, tuple[str, str]] = {
     "account-created": ("110110", "C"),  # Patient Record (the account's)
     "session-refused": ("110113", "E"),  # Security Alert
     "report-received": ("110107", "C"),  # Import (a report, from the API or a DICOM object)
+    "instances-stored": ("110107", "C"),  # Import: a STOW-RS request (counts and reasons)
     "report-released": ("110106", "E"),  # Export (made visible to the patient)
     "hold-set": ("110111", "U"),  # Procedure Record (a patient's or clinician's hold)
     "hold-lifted": ("110111", "U"),  # Procedure Record

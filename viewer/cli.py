@@ -1,4 +1,4 @@
-"""The ``viewer`` command: import, tokens, sign-in links, demo data, serve.
+"""The ``viewer`` command: import, sync, tokens, sign-in links, demo data, serve.
 
 Configuration comes from the same ``VIEWER_*`` variables as the server, so
 ``viewer import`` and ``gunicorn wsgi:app`` agree on where the data lives.
@@ -25,8 +25,9 @@ from viewer import Services, audit, embed, services_for
 from viewer.access import ROLES, create_login_link, create_token
 from viewer.accounts import STAFF_ROLES, AccountError, create_user
 from viewer.config import SETTINGS, ConfigError, load_config
-from viewer.db import ApiToken, Report, User, utcnow
+from viewer.db import ApiToken, Portal, Report, User, utcnow
 from viewer.ingest import Summary
+from viewer.pacs import UID, PacsError
 from viewer.passwords import PasswordRejected
 from viewer.reports import add_report, note_received
 
@@ -69,6 +70,26 @@ def cmd_import(services: Services, args: argparse.Namespace) -> int:
     if args.strict and counts["refused"]:
         return 1
     return 0 if counts["imported"] or counts["present"] else 1
+
+
+def cmd_sync(services: Services, args: argparse.Namespace) -> int:
+    """Bring the index in step with the upstream PACS (VIEWER_SOURCE=dicomweb)."""
+    if services.pacs is None:
+        print("viewer: VIEWER_SOURCE is local: there is no PACS to sync from", file=sys.stderr)
+        return 2
+    try:
+        if args.study:
+            result = services.pacs.sync_study(args.study)
+        else:
+            result = services.pacs.sync_all_locked()
+    except PacsError as exc:
+        print(f"viewer: sync failed: {exc}", file=sys.stderr)
+        return 1
+    assert result is not None  # sync_all_locked waits for the lock
+    for line in result.refused:
+        print(f"refused: {line}")
+    print(result.summary())
+    return 0
 
 
 def cmd_tokens(services: Services, args: argparse.Namespace) -> int:
@@ -272,6 +293,7 @@ def cmd_demo(services: Services, args: argparse.Namespace) -> int:
     for study_uid in sorted({o.study_uid for o in summary.outcomes if o.study_uid}):
         _demo_report(services, study_uid)
     _demo_patient(services)
+    _demo_portal(services)
     extra = services.config.demo_data
     if extra:
         summary = services.importer.import_paths([Path(extra)], progress=Progress(sys.stderr))
@@ -331,6 +353,25 @@ def _demo_patient(services: Services) -> None:
         print("".join(f"  {line}" for line in path.read_text().splitlines(keepends=True)), end="")
 
 
+DEMO_PORTAL = "example-portal"
+DEMO_PORTAL_ORIGIN = "http://localhost:8100"
+
+
+def _demo_portal(services: Services) -> None:
+    """The portal of ``examples/host-portal`` (at http://localhost:8100), once; its key is
+    kept beside the data (mode 0600) for that example to read."""
+    path = services.config.data_dir / "demo-portal.txt"
+    with services.sessions() as db:
+        if db.scalars(select(Portal.id).where(Portal.name == DEMO_PORTAL)).first() is None:
+            key = embed.add_portal(db, DEMO_PORTAL, [DEMO_PORTAL_ORIGIN])
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{key}\n")
+    if path.exists():
+        print(f"Example portal: {DEMO_PORTAL} may embed the viewer from {DEMO_PORTAL_ORIGIN} "
+              f"(key in {path}; see examples/host-portal)")
+
+
 def cmd_serve(services: Services, args: argparse.Namespace) -> int:
     """Run gunicorn with gunicorn.conf.py, which reads VIEWER_BIND and VIEWER_WORKERS."""
     config_file = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
@@ -342,7 +383,7 @@ def cmd_serve(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
-SECRET_SETTINGS = ("VIEWER_SECRET_KEY", "VIEWER_SMTP_PASSWORD")
+SECRET_SETTINGS = ("VIEWER_SECRET_KEY", "VIEWER_SMTP_PASSWORD", "VIEWER_SOURCE_AUTH")
 
 
 def cmd_config(_services: Services | None, _args: argparse.Namespace) -> int:
@@ -355,6 +396,12 @@ def cmd_config(_services: Services | None, _args: argparse.Namespace) -> int:
             value = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", value)
         print(f"{setting.name}={value}")
     return 0
+
+
+def _study_uid(value: str) -> str:
+    if len(value) > 64 or not UID.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a UID")
+    return value
 
 
 def _invite_options(parser: argparse.ArgumentParser) -> None:
@@ -374,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any file is refused (default: only when none is stored)")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("sync", help="index what the upstream PACS holds (VIEWER_SOURCE=dicomweb)")
+    p.add_argument("--study", type=_study_uid, help="only this StudyInstanceUID")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("tokens", help="bearer tokens for staff and machines")
     tokens = p.add_subparsers(dest="action", required=True)

@@ -66,6 +66,16 @@ def _url(value: str) -> str:
     return value
 
 
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number of seconds, for example 10") from None
+    if not 0 < number <= 600:
+        raise ValueError("must be more than 0 and at most 600 seconds")
+    return number
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -118,6 +128,19 @@ SETTINGS: tuple[Setting, ...] = (
             "and sending.", _bool),
     Setting("VIEWER_PUBLIC_URL", "", "Base URL people use to reach the service (for links "
             "in emails, e.g. `https://images.example`); empty: emails name no link.", _url),
+    Setting("VIEWER_SOURCE", "local", "Where images live: `local` (imported into the data "
+            "folder) or `dicomweb` (an existing PACS, read through DICOMweb).", _text),
+    Setting("VIEWER_SOURCE_URL", "", "DICOMweb root of the PACS (with `VIEWER_SOURCE=dicomweb`), "
+            "e.g. `http://pacs:8042/dicom-web`.", _url),
+    Setting("VIEWER_SOURCE_AUTH", "", "Authorization header value sent to the PACS, e.g. "
+            "`Basic dXNlcjpwYXNz` or `Bearer …`; empty: none.", _text),
+    Setting("VIEWER_SOURCE_TIMEOUT", "10", "Seconds a PACS request may take before the answer "
+            "is 504.", _seconds),
+    Setting("VIEWER_SOURCE_CACHE_MB", "1024", "Size of the local cache of instances read from "
+            "the PACS, in MiB (least recently used evicted).", _positive_int),
+    Setting("VIEWER_SOURCE_SYNC_MINUTES", "5", "The index is refreshed from the PACS in the "
+            "background when older than this; 0: only by `viewer sync` and on demand.",
+            _non_negative_int),
 )
 
 
@@ -148,10 +171,20 @@ class Config:
     smtp_password: str = ""
     smtp_starttls: bool = True
     public_url: str = ""
+    source: str = "local"
+    source_url: str = ""
+    source_auth: str = ""
+    source_timeout: float = 10.0
+    source_cache_mb: int = 1024
+    source_sync_minutes: int = 5
 
     @property
     def storage_dir(self) -> Path:
         return self.data_dir / "objects"
+
+    @property
+    def source_cache_dir(self) -> Path:
+        return self.data_dir / "pacs-cache"
 
 
 def _parse_all(env: Mapping[str, str]) -> dict[str, Any]:
@@ -171,6 +204,13 @@ def _parse_all(env: Mapping[str, str]) -> dict[str, Any]:
     if values["VIEWER_SMTP_HOST"] and "@" not in values["VIEWER_SMTP_FROM"]:
         raise ConfigError("VIEWER_SMTP_FROM: must be an email address when VIEWER_SMTP_HOST "
                           "is set")
+    if values["VIEWER_SOURCE"] not in {"local", "dicomweb"}:
+        raise ConfigError(f"VIEWER_SOURCE={values['VIEWER_SOURCE']!r}: must be local or dicomweb")
+    if values["VIEWER_SOURCE"] == "dicomweb" and not values["VIEWER_SOURCE_URL"]:
+        raise ConfigError("VIEWER_SOURCE_URL: must be the PACS's DICOMweb root when "
+                          "VIEWER_SOURCE=dicomweb")
+    if any(c in values["VIEWER_SOURCE_AUTH"] for c in "\r\n"):
+        raise ConfigError("VIEWER_SOURCE_AUTH: must be one line")
     return values
 
 
@@ -232,4 +272,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         smtp_password=values["VIEWER_SMTP_PASSWORD"],
         smtp_starttls=values["VIEWER_SMTP_STARTTLS"],
         public_url=values["VIEWER_PUBLIC_URL"],
+        source=values["VIEWER_SOURCE"],
+        source_url=values["VIEWER_SOURCE_URL"],
+        source_auth=values["VIEWER_SOURCE_AUTH"].strip(),
+        source_timeout=values["VIEWER_SOURCE_TIMEOUT"],
+        source_cache_mb=values["VIEWER_SOURCE_CACHE_MB"],
+        source_sync_minutes=values["VIEWER_SOURCE_SYNC_MINUTES"],
     )

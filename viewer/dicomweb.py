@@ -1,4 +1,8 @@
-"""DICOMweb under ``/dicom-web``: QIDO-RS search and the rendered/thumbnail resources.
+"""DICOMweb under ``/dicom-web``: the route table, and the rendered/thumbnail resources.
+
+QIDO-RS lives in ``viewer.qido``, WADO-RS retrieve, metadata, frames and bulk
+data in ``viewer.wado``, STOW-RS in ``viewer.stow``; their routes are added
+here, so every DICOMweb URL is listed in one place.
 
 Rendered images go through ``viewer.render``; a single image carries an ETag
 built from the stored file's hash and the parameters, so a browser revalidating
@@ -9,28 +13,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Response, current_app, request, stream_with_context
-from sqlalchemy import Select, func, select
+from flask import Blueprint, Response, request, stream_with_context
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import BadRequest, NotFound
+from werkzeug.exceptions import NotFound
 
-from viewer import rendered_params
+from viewer import qido, rendered_params, stow, wado
 from viewer.access import (
     InstanceRef,
     find_instance_ref,
     find_series,
     find_study,
     require_principal,
-    visible_studies,
 )
-from viewer.db import Instance, Patient, Series, Study
+from viewer.db import Instance, Series, Study
+from viewer.dicomjson import services as _services
 from viewer.render import RenderError, apply_viewport, burn_in, encode, to_display
 from viewer.series import representative, series_stacks, study_series
+from viewer.wado import parse_frames as _parse_frames
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
@@ -39,264 +41,31 @@ UID = "<string(maxlength=64):{}>"
 STUDY = "/studies/" + UID.format("study_uid")
 SERIES = STUDY + "/series/" + UID.format("series_uid")
 INSTANCE = SERIES + "/instances/" + UID.format("sop_uid")
-DATE_RANGE = re.compile(r"^(\d{8})?-(\d{8})?$")
 
 
-def _services():  # type: ignore[no-untyped-def]
-    return current_app.extensions["viewer"]
+def _add(rule: str, view: Callable[..., Response], methods: tuple[str, ...] = ("GET",)) -> None:
+    bp.add_url_rule(rule, view.__name__, view, methods=list(methods))
 
 
-# --- QIDO-RS ---------------------------------------------------------------------------
-
-TAGS = {
-    "PatientID": "00100020",
-    "PatientName": "00100010",
-    "StudyInstanceUID": "0020000D",
-    "StudyDate": "00080020",
-    "ModalitiesInStudy": "00080061",
-    "AccessionNumber": "00080050",
-    "SeriesInstanceUID": "0020000E",
-    "Modality": "00080060",
-    "SOPInstanceUID": "00080018",
-}
-KEYWORDS = {tag: keyword for keyword, tag in TAGS.items()}
-
-
-def _attr(vr: str, *values: Any) -> dict[str, Any]:
-    present = [v for v in values if v not in (None, "")]
-    if not present:
-        return {"vr": vr}
-    if vr == "PN":
-        return {"vr": vr, "Value": [{"Alphabetic": str(v)} for v in present]}
-    return {"vr": vr, "Value": present}
-
-
-def _query_filters() -> tuple[dict[str, str], int, int, list[str]]:
-    """Matching keys (by keyword), limit, offset and warnings from the query string."""
-    filters: dict[str, str] = {}
-    warnings: list[str] = []
-    limit, offset = 100, 0
-    for key, value in request.args.items(multi=True):
-        if key in ("limit", "offset"):
-            if not value.isdigit():
-                raise BadRequest(f"{key}: must be a whole number")
-            if key == "limit":
-                limit = min(int(value), 1000)
-            else:
-                offset = int(value)
-        elif key in ("includefield", "fuzzymatching"):
-            continue
-        else:
-            keyword = KEYWORDS.get(key.upper(), key)
-            if keyword in TAGS:
-                filters[keyword] = value
-            else:
-                warnings.append(f"matching on {key} is not supported and was ignored")
-    return filters, limit, offset, warnings
-
-
-def _match(stmt: Select, column: Any, value: str, kind: str = "text") -> Select:
-    if kind == "date":
-        found = DATE_RANGE.match(value)
-        if found:
-            low, high = found.groups()
-            if low:
-                stmt = stmt.where(column >= low)
-            if high:
-                stmt = stmt.where(column <= high)
-            return stmt
-        if not (len(value) == 8 and value.isdigit()):
-            raise BadRequest("StudyDate: use YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
-        return stmt.where(column == value)
-    if kind == "uid":
-        return stmt.where(column.in_([v.strip() for v in value.split(",") if v.strip()]))
-    if "*" in value or "?" in value:
-        pattern = value.replace("%", r"\%").replace("_", r"\_").replace("*", "%").replace("?", "_")
-        return stmt.where(column.like(pattern, escape="\\"))
-    return stmt.where(column == value)
-
-
-def _dicom_json(payload: list[dict[str, Any]], warnings: list[str]) -> Response:
-    if not payload:
-        response = Response(status=204)
-    else:
-        response = current_app.json.response(payload)
-        response.mimetype = "application/dicom+json"
-    for warning in warnings:
-        response.headers.add("Warning", f'299 viewer "{warning}"')
-    return response
-
-
-def _study_json(db: Session, study: Study, patient: Patient) -> dict[str, Any]:
-    modalities = sorted(
-        {m for m in db.scalars(select(Series.modality).where(Series.study_pk == study.id)) if m}
-    )
-    series_count = db.scalar(select(func.count(Series.id)).where(Series.study_pk == study.id))
-    instance_count = db.scalar(
-        select(func.count(Instance.id)).join(Series).where(Series.study_pk == study.id)
-    )
-    return {
-        "00080005": _attr("CS", "ISO_IR 192"),
-        "00080020": _attr("DA", study.study_date),
-        "00080030": _attr("TM", study.study_time),
-        "00080050": _attr("SH", study.accession_number),
-        "00080056": _attr("CS", "ONLINE"),
-        "00080061": _attr("CS", *modalities),
-        "00080090": _attr("PN", study.referring_physician),
-        "00081030": _attr("LO", study.description),
-        "00081190": _attr("UR", request.host_url.rstrip("/") + bp.url_prefix
-                          + f"/studies/{study.study_uid}"),
-        "00100010": _attr("PN", patient.name),
-        "00100020": _attr("LO", patient.patient_id),
-        "00100021": _attr("LO", patient.issuer),
-        "00100030": _attr("DA", patient.birth_date),
-        "00100040": _attr("CS", patient.sex),
-        "0020000D": _attr("UI", study.study_uid),
-        "00200010": _attr("SH", study.study_id),
-        "00201206": _attr("IS", series_count),
-        "00201208": _attr("IS", instance_count),
-    }
-
-
-def _studies_query(filters: dict[str, str]) -> Select:
-    stmt = visible_studies(require_principal()).join(Patient, Patient.id == Study.patient_pk)
-    if "PatientID" in filters:
-        stmt = _match(stmt, Patient.patient_id, filters["PatientID"])
-    if "PatientName" in filters:
-        stmt = _match(stmt, Patient.name, filters["PatientName"])
-    if "StudyInstanceUID" in filters:
-        stmt = _match(stmt, Study.study_uid, filters["StudyInstanceUID"], "uid")
-    if "StudyDate" in filters:
-        stmt = _match(stmt, Study.study_date, filters["StudyDate"], "date")
-    if "AccessionNumber" in filters:
-        stmt = _match(stmt, Study.accession_number, filters["AccessionNumber"])
-    if "ModalitiesInStudy" in filters:
-        wanted = [m.strip() for m in filters["ModalitiesInStudy"].split(",")]
-        stmt = stmt.where(
-            Study.id.in_(select(Series.study_pk).where(Series.modality.in_(wanted)))
-        )
-    return stmt
-
-
-@bp.get("/studies")
-def search_studies() -> Response:
-    filters, limit, offset, warnings = _query_filters()
-    db = _services().db()
-    stmt = _studies_query(filters).add_columns(Patient)
-    rows = db.execute(
-        stmt.order_by(Study.study_date.desc(), Study.id).limit(limit).offset(offset)
-    ).all()
-    return _dicom_json([_study_json(db, study, patient) for study, patient in rows], warnings)
-
-
-def _series_json(db: Session, series: Series, study: Study) -> dict[str, Any]:
-    count = db.scalar(select(func.count(Instance.id)).where(Instance.series_pk == series.id))
-    base = request.host_url.rstrip("/") + bp.url_prefix
-    return {
-        "00080005": _attr("CS", "ISO_IR 192"),
-        "00080060": _attr("CS", series.modality),
-        "0008103E": _attr("LO", series.description),
-        "00081190": _attr("UR", f"{base}/studies/{study.study_uid}/series/{series.series_uid}"),
-        "0020000D": _attr("UI", study.study_uid),
-        "0020000E": _attr("UI", series.series_uid),
-        "00200011": _attr("IS", series.number),
-        "00201209": _attr("IS", count),
-    }
-
-
-def _search_series(study_uid: str | None) -> Response:
-    filters, limit, offset, warnings = _query_filters()
-    db = _services().db()
-    if study_uid:
-        filters["StudyInstanceUID"] = study_uid
-    studies = _studies_query(filters).subquery()
-    stmt = select(Series, Study).join(Study, Study.id == Series.study_pk).where(
-        Study.id.in_(select(studies.c.id))
-    )
-    if "SeriesInstanceUID" in filters:
-        stmt = _match(stmt, Series.series_uid, filters["SeriesInstanceUID"], "uid")
-    if "Modality" in filters:
-        stmt = _match(stmt, Series.modality, filters["Modality"])
-    order = (Series.number.nulls_first(), Series.id)
-    rows = db.execute(stmt.order_by(*order).limit(limit).offset(offset)).all()
-    return _dicom_json([_series_json(db, s, st) for s, st in rows], warnings)
-
-
-@bp.get("/series")
-def search_all_series() -> Response:
-    return _search_series(None)
-
-
-@bp.get(STUDY + "/series")
-def search_series(study_uid: str) -> Response:
-    find_study(_services().db(), require_principal(), study_uid)
-    return _search_series(study_uid)
-
-
-def _instance_json(instance: Instance, series: Series, study: Study) -> dict[str, Any]:
-    base = request.host_url.rstrip("/") + bp.url_prefix
-    return {
-        "00080016": _attr("UI", instance.sop_class_uid),
-        "00080018": _attr("UI", instance.sop_uid),
-        "00080056": _attr("CS", "ONLINE"),
-        "00081190": _attr(
-            "UR",
-            f"{base}/studies/{study.study_uid}/series/{series.series_uid}"
-            f"/instances/{instance.sop_uid}",
-        ),
-        "0020000D": _attr("UI", study.study_uid),
-        "0020000E": _attr("UI", series.series_uid),
-        "00200013": _attr("IS", instance.instance_number),
-        "00280008": _attr("IS", instance.number_of_frames),
-        "00280010": _attr("US", instance.rows),
-        "00280011": _attr("US", instance.columns),
-        "00280100": _attr("US", instance.bits_allocated),
-    }
-
-
-def _search_instances(study_uid: str | None, series_uid: str | None) -> Response:
-    filters, limit, offset, warnings = _query_filters()
-    db = _services().db()
-    if study_uid:
-        filters["StudyInstanceUID"] = study_uid
-    studies = _studies_query(filters).subquery()
-    stmt = (
-        select(Instance, Series, Study)
-        .join(Series, Series.id == Instance.series_pk)
-        .join(Study, Study.id == Series.study_pk)
-        .where(Study.id.in_(select(studies.c.id)))
-    )
-    if series_uid:
-        stmt = stmt.where(Series.series_uid == series_uid)
-    if "SeriesInstanceUID" in filters:
-        stmt = _match(stmt, Series.series_uid, filters["SeriesInstanceUID"], "uid")
-    if "Modality" in filters:
-        stmt = _match(stmt, Series.modality, filters["Modality"])
-    if "SOPInstanceUID" in filters:
-        stmt = _match(stmt, Instance.sop_uid, filters["SOPInstanceUID"], "uid")
-    rows = db.execute(
-        stmt.order_by(Instance.instance_number.nulls_first(), Instance.id)
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return _dicom_json([_instance_json(i, se, st) for i, se, st in rows], warnings)
-
-
-@bp.get("/instances")
-def search_all_instances() -> Response:
-    return _search_instances(None, None)
-
-
-@bp.get(STUDY + "/instances")
-def search_study_instances(study_uid: str) -> Response:
-    find_study(_services().db(), require_principal(), study_uid)
-    return _search_instances(study_uid, None)
-
-
-@bp.get(SERIES + "/instances")
-def search_series_instances(study_uid: str, series_uid: str) -> Response:
-    find_series(_services().db(), require_principal(), study_uid, series_uid)
-    return _search_instances(study_uid, series_uid)
+# QIDO-RS
+_add("/studies", qido.search_studies)
+_add("/series", qido.search_all_series)
+_add("/instances", qido.search_all_instances)
+_add(STUDY + "/series", qido.search_series)
+_add(STUDY + "/instances", qido.search_study_instances)
+_add(SERIES + "/instances", qido.search_series_instances)
+# WADO-RS
+_add(STUDY, wado.retrieve_study)
+_add(SERIES, wado.retrieve_series)
+_add(INSTANCE, wado.retrieve_instance)
+_add(STUDY + "/metadata", wado.study_metadata)
+_add(SERIES + "/metadata", wado.series_metadata)
+_add(INSTANCE + "/metadata", wado.instance_metadata)
+_add(INSTANCE + "/frames/<frames>", wado.retrieve_frames)
+_add(INSTANCE + "/bulkdata/<path:tag_path>", wado.bulkdata)
+# STOW-RS
+_add("/studies", stow.store, ("POST",))
+bp.add_url_rule(STUDY, "store_study", stow.store, methods=["POST"])
 
 
 # --- Rendered and thumbnail resources -------------------------------------------------------
@@ -376,18 +145,6 @@ def _multipart(items: list[tuple[str, int]], params: rendered_params.RenderParam
 
 def _params(thumbnail: bool = False) -> rendered_params.RenderParams:
     return rendered_params.parse(request.args, request.accept_mimetypes, thumbnail)
-
-
-def _parse_frames(text: str, count: int) -> list[int]:
-    numbers = []
-    for part in text.split(","):
-        if not part.strip().isdigit():
-            raise BadRequest("frames: expected frame numbers like 1 or 1,2,3")
-        number = int(part)
-        if not 1 <= number <= count:
-            raise NotFound(f"frame {number} does not exist (the instance has {count})")
-        numbers.append(number)
-    return numbers
 
 
 def _series_items(db: Session, series: Series) -> list[tuple[str, int]]:

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from viewer import audit
 from viewer.access import Principal, find_study, require_principal
 from viewer.db import Instance, Series, Share, Study, utcnow
+from viewer.headers import stored_syntax
 from viewer.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,7 @@ def study_entries(db: Session, study: Study) -> list[tuple[Series, list[Entry]]]
     ))
     rows = db.execute(
         select(Instance.series_pk, Instance.sop_uid, Instance.sop_class_uid,
-               Instance.transfer_syntax, Instance.instance_number, Instance.file_hash,
-               Instance.file_size)
+               Instance.transfer_syntax, Instance.instance_number, Instance.file_hash)
         .where(Instance.series_pk.in_([s.id for s in series_list]))
         .order_by(Instance.series_pk, Instance.instance_number.nulls_last(), Instance.id)
     ).all()
@@ -205,18 +205,20 @@ def study_entries(db: Session, study: Study) -> list[tuple[Series, list[Entry]]]
     for series_number, series in enumerate(series_list, start=1):
         entries = []
         for row in by_series.get(series.id, []):
-            try:
-                exists = store.path(row.file_hash).is_file()
-            except ValueError:
-                exists = False
-            if not exists:
+            try:  # through the PACS cache this fetches the file, before the answer starts
+                path = store.path(row.file_hash)
+                size = path.stat().st_size
+            except (ValueError, FileNotFoundError):
+                size = None
+            if size is None:
                 log.error("stored file %s of %s is missing; left out of the download",
                           row.file_hash, row.sop_uid)
                 continue
             entries.append(Entry(
                 path=f"DICOM/S{series_number:07d}/I{len(entries) + 1:07d}",
-                file_hash=row.file_hash, size=row.file_size, sop_uid=row.sop_uid,
-                sop_class_uid=row.sop_class_uid, transfer_syntax=row.transfer_syntax,
+                file_hash=row.file_hash, size=size, sop_uid=row.sop_uid,
+                sop_class_uid=row.sop_class_uid,
+                transfer_syntax=row.transfer_syntax or stored_syntax(path),
                 instance_number=row.instance_number,
             ))
         if entries:

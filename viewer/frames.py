@@ -1,12 +1,15 @@
 """Decoded frames of stored instances, through the frame cache.
 
 The one place that turns an index row into pixels: it opens the stored file
-(by content hash), decodes the frame and keeps it in the bounded cache. Parsed
-multi-frame files are kept too (in a quarter of the budget), so scrolling
-through one decodes each frame without parsing the whole file again.
+(by content hash, or by key through the PACS cache), decodes the frame and
+keeps it in the bounded cache. Parsed multi-frame files are kept too (in a
+quarter of the budget), so scrolling through one decodes each frame without
+parsing the whole file again.
 """
 
 from __future__ import annotations
+
+import os
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -31,15 +34,22 @@ class FrameLoader:
         cached = self.files.get(file_hash)
         if cached is not None:
             return cached[0]
-        path = self.store.path(file_hash)
-        try:
-            ds = pydicom.dcmread(path)
-        except FileNotFoundError:
-            raise RenderError("the stored file is missing") from None
-        except Exception as exc:
-            raise RenderError(f"cannot read the stored file: {exc}") from exc
+        for attempt in range(2):
+            # A second try: a cached copy of a PACS instance may be evicted between
+            # ``path`` and ``open``; asking again fetches it again.
+            path = self.store.path(file_hash)
+            try:
+                with path.open("rb") as handle:
+                    size = os.fstat(handle.fileno()).st_size
+                    ds = pydicom.dcmread(handle)
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise RenderError("the stored file is missing") from None
+            except Exception as exc:
+                raise RenderError(f"cannot read the stored file: {exc}") from exc
         if number_of_frames(ds) > 1:
-            self.files.put(file_hash, (ds, path.stat().st_size))
+            self.files.put(file_hash, (ds, size))
         return ds
 
     def load(self, file_hash: str, number: int) -> DecodedFrame:

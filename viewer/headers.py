@@ -8,8 +8,10 @@ defaults. ``frame_header`` hides that difference from the rest of the code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
@@ -170,3 +172,12 @@ def codestream_size(data: bytes) -> tuple[int, int] | None:
         else:
             offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
     return None
+
+
+def stored_syntax(path: Path) -> str:
+    """The transfer syntax in a file's meta ("" if unreadable): for an instance indexed
+    from a PACS's metadata, which does not carry it, until its file was fetched."""
+    try:
+        return str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
+    except Exception:
+        return ""

@@ -31,6 +31,8 @@ TITLES = {
     413: "Too large",
     422: "This image cannot be shown",
     500: "Something went wrong",
+    502: "The image archive is not answering",
+    504: "The image archive is too slow",
 }
 
 
