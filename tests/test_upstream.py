@@ -211,6 +211,22 @@ def test_our_wado_rs_serves_upstream_instances_byte_for_byte(upstream, pacs: dic
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
     reply = client.get(url, headers={**auth, "Accept": accept})  # never fetched before
     assert reply.status_code == 200 and source.read_bytes() in reply.data
+    # The transfer syntax, unknown to the index until the first fetch, is named exactly;
+    # asking for it by UID works for an instance never fetched before, and for its frames.
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    assert f"transfer-syntax={syntax}\r\n".encode() in reply.data
+    other = pacs["ge"][4]
+    named = header(other)
+    other_url = (f"/dicom-web/studies/{named.StudyInstanceUID}/series/"
+                 f"{named.SeriesInstanceUID}/instances/{named.SOPInstanceUID}")
+    exact = f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'
+    reply = client.get(other_url, headers={**auth, "Accept": exact})
+    assert reply.status_code == 200 and other.read_bytes() in reply.data
+    frames = client.get(other_url.replace(str(named.SOPInstanceUID), str(header(
+        pacs["ge"][5]).SOPInstanceUID)) + "/frames/1", headers={
+        **auth, "Accept": f'multipart/related; type="application/octet-stream"; '
+                          f"transfer-syntax={syntax}"})
+    assert frames.status_code == 200, frames.json
 
 
 def test_parallel_fetches_of_one_instance_give_one_whole_file(upstream, pacs: dict) -> None:  # type: ignore[no-untyped-def]
