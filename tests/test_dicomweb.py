@@ -132,6 +132,41 @@ def test_qido_levels_required_attributes_and_includefield(
     assert "0008103E" in one[0]
 
 
+def test_qido_returns_time_zone_procedure_step_and_request_attributes(
+        client: FlaskClient, auth: dict[str, str], services: Services, tmp_path: Path) -> None:
+    """The rest of the required return attributes (tables 10.6.3-3..5), from the index."""
+    ds = make_dataset()
+    ds.TimezoneOffsetFromUTC = "+0100"
+    ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20261120", "0931"
+    request = Dataset()
+    request.ScheduledProcedureStepID, request.RequestedProcedureID = "SPS-7", "RP-42"
+    ds.RequestAttributesSequence = [request]
+    plain = make_dataset()  # none of them: present, but empty
+    for i, item in enumerate((ds, plain)):
+        (tmp_path / f"{i}.dcm").write_bytes(encode(item))
+    assert services.importer.import_paths([tmp_path]).counts == {"imported": 2}
+
+    [study] = client.get(f"{BASE}/studies?StudyInstanceUID={ds.StudyInstanceUID}",
+                         headers=auth).get_json()
+    assert study["00080201"] == {"vr": "SH", "Value": ["+0100"]}
+    [series] = client.get(f"{BASE}/studies/{ds.StudyInstanceUID}/series", headers=auth).get_json()
+    assert series["00080201"]["Value"] == ["+0100"]
+    assert series["00400244"] == {"vr": "DA", "Value": ["20261120"]}
+    assert series["00400245"] == {"vr": "TM", "Value": ["0931"]}
+    assert series["00400275"] == {"vr": "SQ", "Value": [
+        {"00400009": {"vr": "SH", "Value": ["SPS-7"]},
+         "00401001": {"vr": "SH", "Value": ["RP-42"]}}]}
+    [instance] = client.get(f"{BASE}/studies/{ds.StudyInstanceUID}/instances",
+                            headers=auth).get_json()
+    assert instance["00080201"]["Value"] == ["+0100"]
+
+    [empty] = client.get(f"{BASE}/studies/{plain.StudyInstanceUID}/series",
+                         headers=auth).get_json()
+    for tag, vr in (("00080201", "SH"), ("00400244", "DA"), ("00400245", "TM"),
+                    ("00400275", "SQ")):
+        assert empty[tag] == {"vr": vr}, tag
+
+
 def test_qido_matching_paging_and_errors(client: FlaskClient, auth: dict[str, str],
                                          corpus_files: dict[str, Path]) -> None:
     head = pydicom.dcmread(corpus_files["ge0"], stop_before_pixels=True)

@@ -71,6 +71,7 @@ class Study(Base):
     study_id: Mapped[str] = mapped_column(String(16), default="")
     referring_physician: Mapped[str] = mapped_column(String(324), default="")
     body_part: Mapped[str] = mapped_column(String(64), default="")
+    timezone_offset: Mapped[str] = mapped_column(String(16), default="")  # e.g. "+0100"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
@@ -87,6 +88,10 @@ class Series(Base):
     number: Mapped[int | None] = mapped_column(BigNumber, nullable=True)
     description: Mapped[str] = mapped_column(String(64), default="")
     body_part: Mapped[str] = mapped_column(String(64), default="")
+    pps_start_date: Mapped[str] = mapped_column(String(8), default="")
+    pps_start_time: Mapped[str] = mapped_column(String(16), default="")
+    # RequestAttributesSequence: [{"scheduled_step_id", "requested_procedure_id"}, ...]
+    request_attributes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")

@@ -48,6 +48,7 @@ META_PEEK = 4096  # bytes read to spot a deflated transfer syntax in the file me
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 BITS_ALLOCATED = (1, 8, 16, 32)
 MAX_SEQUENCE_DEPTH = 64
+MAX_REQUEST_ITEMS = 16  # RequestAttributesSequence items kept in the index
 # Sequences the viewer reads: one written with another VR would break rendering.
 READ_SEQUENCES = (
     "ModalityLUTSequence",
@@ -460,6 +461,19 @@ class Record:
     frames: list[dict]
 
 
+def _request_attributes(ds: Dataset) -> list[dict[str, str]] | None:
+    """The IDs of RequestAttributesSequence that QIDO-RS returns for a series."""
+    try:
+        items = ds.get("RequestAttributesSequence")
+    except Exception:  # a malformed value must not stop an import
+        return None
+    if not items:
+        return None
+    return [{"scheduled_step_id": text(item, "ScheduledProcedureStepID", 16),
+             "requested_procedure_id": text(item, "RequestedProcedureID", 16)}
+            for item in list(items)[:MAX_REQUEST_ITEMS]]
+
+
 def describe(ds: Dataset) -> Record:
     """The index rows of a checked data set (patient, study, series, instance, frames)."""
     frames = number_of_frames(ds)
@@ -479,6 +493,7 @@ def describe(ds: Dataset) -> Record:
             "study_id": text(ds, "StudyID", 16),
             "referring_physician": text(ds, "ReferringPhysicianName", 324),
             "body_part": text(ds, "BodyPartExamined"),
+            "timezone_offset": text(ds, "TimezoneOffsetFromUTC", 16),
         },
         series_key={"series_uid": _uid(ds, "SeriesInstanceUID")},
         series={
@@ -486,6 +501,9 @@ def describe(ds: Dataset) -> Record:
             "number": _int(ds, "SeriesNumber"),
             "description": text(ds, "SeriesDescription"),
             "body_part": text(ds, "BodyPartExamined"),
+            "pps_start_date": text(ds, "PerformedProcedureStepStartDate", 8),
+            "pps_start_time": text(ds, "PerformedProcedureStepStartTime", 16),
+            "request_attributes": _request_attributes(ds),
         },
         instance={
             "sop_uid": _uid(ds, "SOPInstanceUID"),

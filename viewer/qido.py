@@ -195,6 +195,7 @@ def study_attrs(db: Session, study: Study, patient: Patient) -> dict[str, Any]:
         "00080056": attr("CS", "ONLINE"),
         "00080061": attr("CS", *modalities),
         "00080090": attr("PN", study.referring_physician),
+        "00080201": attr("SH", study.timezone_offset),
         "00081030": attr("LO", study.description),
         "00081190": attr("UR", f"{base_url()}/studies/{study.study_uid}"),
         "00100010": attr("PN", patient.name),
@@ -214,6 +215,7 @@ def series_attrs(db: Session, series: Series, study: Study) -> dict[str, Any]:
     return {
         "00080005": attr("CS", "ISO_IR 192"),
         "00080060": attr("CS", series.modality),
+        "00080201": attr("SH", study.timezone_offset),
         "0008103E": attr("LO", series.description),
         "00081190": attr("UR", f"{base_url()}/studies/{study.study_uid}/series/"
                                f"{series.series_uid}"),
@@ -221,7 +223,19 @@ def series_attrs(db: Session, series: Series, study: Study) -> dict[str, Any]:
         "0020000E": attr("UI", series.series_uid),
         "00200011": attr("IS", series.number),
         "00201209": attr("IS", count),
+        "00400244": attr("DA", series.pps_start_date),
+        "00400245": attr("TM", series.pps_start_time),
+        "00400275": _request_attributes(series.request_attributes or []),
     }
+
+
+def _request_attributes(items: list[dict[str, str]]) -> dict[str, Any]:
+    """RequestAttributesSequence with the two IDs table 10.6.3-4 names."""
+    return {"vr": "SQ", "Value": [
+        {"00400009": attr("SH", item.get("scheduled_step_id", "")),
+         "00401001": attr("SH", item.get("requested_procedure_id", ""))}
+        for item in items
+    ]} if items else {"vr": "SQ"}
 
 
 SERIES_OPTIONAL = {"00180015"}  # BodyPartExamined
@@ -236,6 +250,7 @@ def instance_attrs(instance: Instance, series: Series, study: Study) -> dict[str
         "00080016": attr("UI", instance.sop_class_uid),
         "00080018": attr("UI", instance.sop_uid),
         "00080056": attr("CS", "ONLINE"),
+        "00080201": attr("SH", study.timezone_offset),
         "00081190": attr("UR", f"{base_url()}/studies/{study.study_uid}/series/"
                                f"{series.series_uid}/instances/{instance.sop_uid}"),
         "0020000D": attr("UI", study.study_uid),
@@ -256,10 +271,12 @@ def instance_optional(instance: Instance) -> dict[str, Any]:
 
 
 # Tags of the upper levels, known without a database round trip, for includefield.
-STUDY_TAGS = {"00080020", "00080030", "00080050", "00080061", "00080090", "00081030",
+STUDY_TAGS = {"00080020", "00080030", "00080050", "00080061", "00080090", "00080201",
+              "00081030",
               "00100010", "00100020", "00100021", "00100030", "00100040", "00200010",
               "00201206", "00201208"}
-SERIES_TAGS = {"00080060", "0008103E", "00200011", "00201209"} | SERIES_OPTIONAL
+SERIES_TAGS = {"00080060", "0008103E", "00200011", "00201209", "00400244", "00400245",
+               "00400275"} | SERIES_OPTIONAL
 INSTANCE_OPTIONAL = {"00280004", "00083002"}
 KNOWN_TAGS = {
     "study": set(),
@@ -268,9 +285,10 @@ KNOWN_TAGS = {
 }
 DEFAULT_TAGS = {
     "study": STUDY_TAGS | {"00080005", "00080056", "00081190", "0020000D"},
-    "series": SERIES_TAGS - SERIES_OPTIONAL | {"00080005", "00081190", "0020000D", "0020000E"},
-    "instance": {"00080016", "00080018", "00080056", "00081190", "0020000D", "0020000E",
-                 "00200013", "00280008", "00280010", "00280011", "00280100"},
+    "series": SERIES_TAGS - SERIES_OPTIONAL | {"00080005", "00080201", "00081190", "0020000D",
+                                               "0020000E"},
+    "instance": {"00080016", "00080018", "00080056", "00080201", "00081190", "0020000D",
+                 "0020000E", "00200013", "00280008", "00280010", "00280011", "00280100"},
 }
 
 
