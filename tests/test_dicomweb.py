@@ -142,9 +142,11 @@ def test_qido_returns_time_zone_procedure_step_and_request_attributes(
     request.ScheduledProcedureStepID, request.RequestedProcedureID = "SPS-7", "RP-42"
     ds.RequestAttributesSequence = [request]
     plain = make_dataset()  # none of them: present, but empty
+    folder = tmp_path / "incoming"
+    folder.mkdir()
     for i, item in enumerate((ds, plain)):
-        (tmp_path / f"{i}.dcm").write_bytes(encode(item))
-    assert services.importer.import_paths([tmp_path]).counts == {"imported": 2}
+        (folder / f"{i}.dcm").write_bytes(encode(item))
+    assert services.importer.import_paths([folder]).counts == {"imported": 2}
 
     [study] = client.get(f"{BASE}/studies?StudyInstanceUID={ds.StudyInstanceUID}",
                          headers=auth).get_json()
