@@ -274,6 +274,21 @@ def test_embedded_viewer_in_a_portal(browser: Any, sites: Sites) -> None:
                   sites.other_study)
     assert "not opened for that study" in wait_event(page, "error", command="openStudy")["message"]
     expect(viewport).to_have_attribute("data-state", "ready")
+
+    # Commands from anyone but the parent on a registered origin are ignored, unanswered:
+    # the frame itself (the viewer's own origin), and the parent without our protocol tag.
+    before = viewport.get_attribute("data-slice-index")
+    answered = len(events(page))
+    inner.evaluate("""() => window.postMessage(
+        {source: 'dicom-viewer', type: 'setSlice', index: 0}, '*')""")
+    page.evaluate("""() => document.getElementById('viewer-frame').contentWindow.postMessage(
+        {type: 'setSlice', index: 0}, '*')""")
+    # Messages arrive in order: once a real command after them has acted, they were seen.
+    page.fill("#window-width", "777")
+    page.click("[data-command=setWindow]")
+    expect(viewport).to_have_attribute("data-window-width", "777")
+    assert before != "0" and viewport.get_attribute("data-slice-index") == before
+    assert len(events(page)) == answered
     context.close()
 
 
