@@ -44,6 +44,10 @@ class LiveServer:
     env: dict[str, str]
     log: Path
 
+    def login_link(self) -> str:
+        """A fresh one-time sign-in URL (printed as the CLI's last line)."""
+        return run_cli(self.env, "login-link", "--base", self.base).strip().splitlines()[-1]
+
     def token(self, role: str = "admin") -> str:
         """A new bearer token (the CLI prints it as its last line)."""
         out = run_cli(self.env, "tokens", "create", "--role", role, "--name", f"test-{role}")
@@ -78,24 +82,35 @@ def live_server(data: Path, imports: Sequence[Path] = (), public_url: bool = Fal
         )
     server = LiveServer(f"http://127.0.0.1:{port}", env, log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"gunicorn exited early:\n{log.read_text(errors='replace')}")
-            try:
-                with urllib.request.urlopen(f"{server.base}/signin", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not answer:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)  # polling interval while the server boots, not an assertion
+        wait_until_up(f"{server.base}/signin", proc, log)
         yield server
     finally:
-        proc.terminate()
+        stop(proc)
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if it exits or
+    does not answer within 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{url}: the server exited early:\n{log.read_text(errors='replace')}")
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} did not answer:\n{log.read_text(errors='replace')}")
+        time.sleep(0.2)  # polling interval while the server boots, not an assertion
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """TERM, then KILL if it has not ended within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)

@@ -31,9 +31,9 @@ from test_viewer_browser import (
     TIMEOUT_MS,
     chromium_path,
     corpus_dir,
-    free_port,
-    run_cli,
 )
+
+from tests.liveserver import free_port, live_server, run_cli, stop, wait_until_up
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 sync_playwright = playwright_api.sync_playwright
@@ -54,70 +54,37 @@ class Sites:
     other_study: str  # a study of another patient
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"{url}: server exited early:\n{log.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{url} did not answer:\n{log.read_text(errors='replace')}")
-        time.sleep(0.2)  # polling interval while the server boots, not an assertion
-
-
-def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
     corpus = corpus_dir() / "ge-t1-mprage"
     if not corpus.is_dir():
         pytest.fail(f"test corpus not found at {corpus}; set VIEWER_TEST_CORPUS")
     data = tmp_path_factory.mktemp("embed-data")
-    viewer_port, portal_port, stranger_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "VIEWER_DATA_DIR": str(data),
-           "VIEWER_SECRET_KEY": "embed-test-secret-0123456789abcdef",
-           "VIEWER_BIND": f"127.0.0.1:{viewer_port}", "VIEWER_WORKERS": "2"}
-    run_cli(env, "demo")
-    run_cli(env, "import", str(corpus))  # another patient's study
-    portal = f"http://127.0.0.1:{portal_port}"
-    key = run_cli(env, "portals", "add", "test-portal", "--origin", portal).strip().splitlines()[-1]
-    other = other_study(env)
-    procs = [_start([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b",
-                     f"127.0.0.1:{viewer_port}", "wsgi:app"], env, data / "gunicorn.log")]
-    for port, name in ((portal_port, "portal"), (stranger_port, "stranger")):
-        portal_env = {**os.environ, "PORTAL_BIND": f"127.0.0.1:{port}",
-                      "PORTAL_VIEWER_URL": f"http://localhost:{viewer_port}",
-                      "PORTAL_KEY": key, "PORTAL_PATIENTS": f"alex={PATIENT}"}
-        procs.append(_start([sys.executable, "examples/host-portal/app.py"], portal_env,
-                            data / f"{name}.log"))
-    try:
-        _wait(f"http://localhost:{viewer_port}/signin", procs[0], data / "gunicorn.log")
-        _wait(f"{portal}/", procs[1], data / "portal.log")
-        _wait(f"http://127.0.0.1:{stranger_port}/", procs[2], data / "stranger.log")
-        yield Sites(viewer=f"http://localhost:{viewer_port}", portal=portal,
-                    stranger=f"http://127.0.0.1:{stranger_port}", key=key, env=env,
-                    other_study=other)
-    finally:
-        for proc in procs:
-            _stop(proc)
+    # The corpus series is another patient's study.
+    with live_server(data, [corpus]) as server:
+        run_cli(server.env, "demo")
+        viewer = server.base.replace("127.0.0.1", "localhost")  # another site than the portal
+        portal_port, stranger_port = free_port(), free_port()
+        portal = f"http://127.0.0.1:{portal_port}"
+        key = run_cli(server.env, "portals", "add", "test-portal",
+                      "--origin", portal).strip().splitlines()[-1]
+        procs = []
+        try:
+            for port in (portal_port, stranger_port):
+                portal_env = {**os.environ, "PORTAL_BIND": f"127.0.0.1:{port}",
+                              "PORTAL_VIEWER_URL": viewer, "PORTAL_KEY": key,
+                              "PORTAL_PATIENTS": f"alex={PATIENT}"}
+                log = data / f"portal-{port}.log"
+                with log.open("wb") as out:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "examples/host-portal/app.py"], cwd=ROOT,
+                        env=portal_env, stdout=out, stderr=subprocess.STDOUT))
+                wait_until_up(f"http://127.0.0.1:{port}/", procs[-1], log)
+            yield Sites(viewer=viewer, portal=portal, stranger=f"http://127.0.0.1:{stranger_port}",
+                        key=key, env=server.env, other_study=other_study(server.env))
+        finally:
+            for proc in procs:
+                stop(proc)
 
 
 def other_study(env: dict[str, str]) -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -26,15 +24,13 @@ from test_viewer_browser import (
     CHROMIUM_ARGS,
     DESKTOP,
     PHONE,
-    ROOT,
     TIMEOUT_MS,
     chromium_path,
     expect,
-    free_port,
-    run_cli,
     sync_playwright,
 )
 
+from tests.liveserver import live_server, run_cli
 from viewer.pdf import text_pdf
 
 pytestmark = pytest.mark.browser
@@ -49,32 +45,11 @@ REPORT = ("EXAMINATION: MRI brain without contrast.\n\nFINDINGS:\nNo acute infar
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """gunicorn on the demo study, a staff token, and the demo patient's sign-in details."""
     data = tmp_path_factory.mktemp("report-browser")
-    port = free_port()
-    env = {**os.environ, "VIEWER_DATA_DIR": str(data), "VIEWER_BIND": f"127.0.0.1:{port}",
-           "VIEWER_SECRET_KEY": "browser-test-secret-0123456789abcdef", "VIEWER_WORKERS": "2"}
-    run_cli(env, "demo")
-    token = run_cli(env, "tokens", "create", "--role", "admin", "--name", "ris").split()[-1]
-    patient = dict(line.split(": ", 1) for line in
-                   (data / "demo-patient.txt").read_text().splitlines() if ": " in line)
-    log = data / "gunicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b",
-                                 f"127.0.0.1:{port}", "wsgi:app"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/signin", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)  # polling while the server boots
-        yield {"base": base, "token": token, "patient": patient}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with live_server(data) as server:
+        run_cli(server.env, "demo")
+        patient = dict(line.split(": ", 1) for line in
+                       (data / "demo-patient.txt").read_text().splitlines() if ": " in line)
+        yield {"base": server.base, "token": server.token(), "patient": patient}
 
 
 def call(site: dict[str, Any], method: str, path: str, body: Any = None) -> Any:

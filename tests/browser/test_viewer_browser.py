@@ -16,18 +16,16 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.liveserver import LiveServer as Server
+from tests.liveserver import live_server, run_cli
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 sync_playwright = playwright_api.sync_playwright
@@ -70,93 +68,15 @@ def chromium_path() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run_cli(env: dict[str, str], *args: str) -> str:
-    """``python -m viewer.cli ARGS`` against the test data folder; its stdout."""
-    done = subprocess.run(
-        [sys.executable, "-m", "viewer.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, f"viewer.cli {args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-@dataclass
-class Server:
-    base: str
-    env: dict[str, str]
-
-    def login_link(self) -> str:
-        """A fresh one-time sign-in URL (printed as the CLI's last line)."""
-        return run_cli(self.env, "login-link", "--base", self.base).strip().splitlines()[-1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     corpus = corpus_dir() / "ge-t1-mprage"
     if not corpus.is_dir():
         pytest.fail(f"test corpus not found at {corpus}; set VIEWER_TEST_CORPUS")
-    data = tmp_path_factory.mktemp("browser-data")
-    port = free_port()
-    env = {
-        **os.environ,
-        "VIEWER_DATA_DIR": str(data),
-        "VIEWER_SECRET_KEY": "browser-test-secret-0123456789abcdef",
-        "VIEWER_BIND": f"127.0.0.1:{port}",
-        "VIEWER_WORKERS": "2",
-    }
-    log = data / "gunicorn.log"
-    run_cli(env, "import", str(corpus))
-    run_cli(env, "demo")  # the synthetic brain study, for the README screenshot
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "gunicorn.conf.py",
-                "-b",
-                f"127.0.0.1:{port}",
-                "wsgi:app",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    srv = Server(base=f"http://127.0.0.1:{port}", env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"gunicorn exited early:\n{log.read_text(errors='replace')}")
-            try:
-                with urllib.request.urlopen(f"{srv.base}/signin", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not answer:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)  # polling interval while the server boots, not an assertion
+    with live_server(tmp_path_factory.mktemp("browser-data"), [corpus],
+                     VIEWER_CACHE_MB="256") as srv:
+        run_cli(srv.env, "demo")  # the synthetic brain study, for the README screenshot
         yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
