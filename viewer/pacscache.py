@@ -24,12 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from pydicom.filereader import read_file_meta_info
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from viewer.db import Instance, Series, Study
+from viewer.headers import stored_syntax
 from viewer.pacs import BROKEN, PacsClient, PacsError
 from viewer.storage import ObjectStore
 
@@ -66,11 +66,9 @@ class IndexLink:
         """
         try:
             size = path.stat().st_size
-            syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))[:64]
         except FileNotFoundError:
             return  # already evicted by another worker: recorded at the next fetch
-        except Exception:
-            syntax = ""
+        syntax = stored_syntax(path)[:64]
         try:
             with self.sessions() as db:
                 db.execute(update(Instance).where(
