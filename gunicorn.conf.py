@@ -28,13 +28,29 @@ _SECRET_PATH = re.compile(r"(^|[\s\"']|//[^/\s\"']*)(/(?:login|enrol|s)/)[^/?#\s
 
 def mask_secrets(text):
     """The text with the path segment after /login/, /enrol/ and /s/ replaced by '…'."""
-    return _SECRET_PATH.sub(r"\1\2…", text) if isinstance(text, str) else text
+    if isinstance(text, str) and ("/login/" in text or "/enrol/" in text or "/s/" in text):
+        return _SECRET_PATH.sub(r"\1\2…", text)
+    return text
 
 
 class MaskingLogger(Logger):
-    """gunicorn's logger, with link secrets masked in every access-log atom."""
+    """gunicorn's logger, with link secrets masked in every access-log atom.
+
+    With the format above, only its six atoms are made: gunicorn's own ``atoms`` makes
+    ~60 (every header and environ entry), which cost 0.14 ms of each rendered slice.
+    Another format (``--access-logformat``) gets every atom, masked.
+    """
 
     def atoms(self, resp, req, environ, request_time):
+        if self.cfg.access_log_format == access_log_format:
+            return {
+                "h": environ.get("REMOTE_ADDR", "-"),
+                "m": environ.get("REQUEST_METHOD"),
+                "U": mask_secrets(environ.get("PATH_INFO")),
+                "s": str(resp.status).split(None, 1)[0],
+                "b": str(resp.sent) if getattr(resp, "sent", None) is not None else "-",
+                "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
+            }
         return {key: mask_secrets(value)
                 for key, value in super().atoms(resp, req, environ, request_time).items()}
 

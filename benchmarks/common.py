@@ -152,6 +152,17 @@ def make_512_series(sources: Sequence[Path], folder: Path) -> list[Path]:
     return paths
 
 
+def demo_series(folder: Path, description: str, matrix: int) -> list[Path]:
+    """One series of the demo study written at ``matrix`` x ``matrix``: a head with
+    tissue texture, coil bias and a noise floor, where the corpus has only a phantom."""
+    import pydicom
+
+    from viewer.demo import write_demo_study
+
+    return [path for path in write_demo_study(folder, matrix=matrix)
+            if pydicom.dcmread(path, stop_before_pixels=True).SeriesDescription == description]
+
+
 # --- statistics ---------------------------------------------------------------------------
 
 

@@ -1,8 +1,10 @@
 """Server-side render time per slice, without HTTP: ``python benchmarks/render.py``.
 
-For 256x256 (GE MP-RAGE middle slice), 384x384 (Siemens ``1.dcm``) and
-512x512 (the GE slice upsampled 2x into a temp file, see
-``common.make_512_slice``), to PNG and to JPEG:
+For 256x256 (GE MP-RAGE middle slice), 384x384 (Siemens ``1.dcm``), 512x512
+(the GE slice upsampled 2x into a temp file, see ``common.make_512_slice``) and
+``brain512`` (the middle slice of the demo's axial T1 written at 512x512, see
+``common.demo_series``: the GE series is a grid phantom, whose PNGs are a tenth
+the size of a head's), to PNG and to JPEG:
 
 * cold: ``pydicom.dcmread`` + ``decode_frame`` + ``render`` (no decoded-frame
   cache; the file itself is in the OS page cache after the first run),
@@ -36,6 +38,7 @@ from benchmarks.common import (
     SIEMENS_384,
     Metric,
     corpus_dir,
+    demo_series,
     ge_middle_slice,
     log,
     make_512_slice,
@@ -46,6 +49,8 @@ from viewer.render import DecodedFrame, Window, decode_frame, encode, render, to
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 WARM_TARGET_MS = 2.0  # warm render of a 512x512 slice to PNG, median
+LABELS = {"256": "256x256", "384": "384x384", "512": "512x512 phantom",
+          "brain512": "512x512 brain"}
 
 
 def windows_around(center: float, width: float, count: int = 16) -> list[Window]:
@@ -115,7 +120,7 @@ def bench_image(size: str, path: Path) -> tuple[list[Metric], dict[str, Any]]:
     details: dict[str, Any] = {"file": str(path), "shape": list(frame.pixels.shape),
                                "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
                                "header_window": base.as_dict(), "cases": {}}
-    square = f"{size}x{size}"
+    square = LABELS[size]
 
     def add(key: str, label: str, durations: list[float], output: bytes | None = None,
             target: tuple[str, float] | None = None) -> None:
@@ -140,7 +145,7 @@ def bench_image(size: str, path: Path) -> tuple[list[Metric], dict[str, Any]]:
         def naive(i: int, fmt: str = fmt) -> bytes:
             return naive_render(raw, slope, intercept, windows[i % len(windows)], fmt)
 
-        target = ("<=", WARM_TARGET_MS) if size == "512" and fmt == "png" else None
+        target = ("<=", WARM_TARGET_MS) if size.endswith("512") and fmt == "png" else None
         add(f"cold.{fmt}", f"{fmt.upper()} cold (read+decode+render)", timed_runs(cold),
             cold(0))
         add(f"warm.{fmt}", f"{fmt.upper()} warm (render only)", timed_runs(warm), warm(0),
@@ -153,7 +158,7 @@ def bench_image(size: str, path: Path) -> tuple[list[Metric], dict[str, Any]]:
         add("stage.read", "stage: pydicom.dcmread", timed_runs(lambda i: pydicom.dcmread(path)))
         add("stage.decode", "stage: decode_frame (pixels + modality LUT)",
             timed_runs(lambda i: decode_frame(ds)))
-    if size == "512":
+    if size.endswith("512"):
         # Where a warm 512x512 render spends its time.
         image = to_display(frame, windows[0])
         add("stage.window", "stage: window to 8-bit",
@@ -182,6 +187,10 @@ def run() -> tuple[list[Metric], dict[str, Any]]:
             "384": corpus_dir() / SIEMENS_384,
             "512": make_512_slice(middle, Path(tmp)),
         }
+        brain = demo_series(Path(tmp) / "brain", "Ax T1", matrix=512)
+        inputs["brain512"] = sorted(
+            brain, key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber)
+        )[len(brain) // 2]
         for size, path in inputs.items():
             rows, info = bench_image(size, path)
             metrics.extend(rows)

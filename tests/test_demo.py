@@ -223,3 +223,32 @@ def test_file_names_are_not_in_slice_order(
         assert numbers != sorted(numbers) and numbers != sorted(numbers, reverse=True)
         positions = [_along_normal(ds) for _, ds in by_name]
         assert positions != sorted(positions) and positions != sorted(positions, reverse=True)
+
+
+def test_a_512_matrix_is_the_same_head_in_a_study_of_its_own(
+    series: dict[str, list[tuple[Path, Dataset]]], tmp_path: Path
+) -> None:
+    """``matrix=512`` (the benchmarks' realistic 512x512 slices): half the pixel size over
+    the same field of view, the same anatomy at the same patient points, other UIDs."""
+    large: dict[str, list[tuple[Path, Dataset]]] = {}
+    for path in write_demo_study(tmp_path, matrix=512):
+        ds = pydicom.dcmread(path)
+        large.setdefault(ds.SeriesDescription, []).append((path, ds))
+    assert {k: len(v) for k, v in large.items()} == {k: v[1] for k, v in EXPECTED.items()}
+    small_t1, large_t1 = _slice_nearest(series["Ax T1"], 2, 0.0), _slice_nearest(
+        large["Ax T1"], 2, 0.0)
+    assert (large_t1.Rows, large_t1.Columns) == (512, 512)
+    assert [float(v) for v in large_t1.PixelSpacing] == [0.46875, 0.46875]
+    # Same field of view: the first pixel's centre is half a new pixel in from its edge.
+    corner = np.array(large_t1.ImagePositionPatient, dtype=float)
+    assert np.allclose(corner[:2], np.array(small_t1.ImagePositionPatient[:2], float) - 0.234375)
+    z = float(large_t1.ImagePositionPatient[2])
+    wm, gm, csf = (_mean_at(large_t1, [(x, y, z) for x, y in points])
+                   for points in (WHITE_MATTER, DEEP_GREY, VENTRICLE))
+    assert wm > gm > csf
+    assert abs(wm - _mean_at(small_t1, [(x, y, z) for x, y in WHITE_MATTER])) < 80
+    uids = {ds.StudyInstanceUID for items in series.values() for _, ds in items}
+    large_uids = {ds.StudyInstanceUID for items in large.values() for _, ds in items}
+    assert len(large_uids) == 1 and not uids & large_uids
+    assert not ({ds.SOPInstanceUID for items in series.values() for _, ds in items}
+                & {ds.SOPInstanceUID for items in large.values() for _, ds in items})

@@ -46,11 +46,13 @@ MIB = 1 << 20
 # --- helpers ---------------------------------------------------------------------------
 
 
-def make_dataset(rows: int = 16, columns: int = 16, frames: int | None = None,
-                 pixels: bytes | None = None) -> Dataset:
+def make_dataset(
+    rows: int = 16, columns: int = 16, frames: int | None = None, pixels: bytes | None = None
+) -> Dataset:
     """A small valid 16-bit grey Secondary Capture image with fresh UIDs."""
-    return dicomfactory.make_dataset(rows, columns, frames, bits_stored=12, pixels=pixels,
-                                     patient=("P-INGEST", "Ingest^Test"))
+    return dicomfactory.make_dataset(
+        rows, columns, frames, bits_stored=12, pixels=pixels, patient=("P-INGEST", "Ingest^Test")
+    )
 
 
 def dicom_bytes(rows: int = 16, columns: int = 16, frames: int | None = None) -> bytes:
@@ -142,8 +144,10 @@ def file_size_cap(limit: int) -> Iterator[None]:
 
 
 def test_files_folders_and_archives_are_all_imported(services: Services, tmp_path: Path) -> None:
-    originals = {name: dicom_bytes() for name in
-                 ("plain", "nested", "zipped", "tarred", "targz", "tgz", "gzipped")}
+    originals = {
+        name: dicom_bytes()
+        for name in ("plain", "nested", "zipped", "tarred", "targz", "tgz", "gzipped")
+    }
     inputs = tmp_path / "in"
     (inputs / "folder" / "deeper" / "deepest").mkdir(parents=True)
     (inputs / "plain.dcm").write_bytes(originals["plain"])
@@ -154,10 +158,17 @@ def test_files_folders_and_archives_are_all_imported(services: Services, tmp_pat
     (inputs / "study.tgz").write_bytes(tar_bytes({"tgz.dcm": originals["tgz"]}, "w:gz"))
     (inputs / "one.dcm.gz").write_bytes(gzip.compress(originals["gzipped"]))
 
-    summary = services.importer.import_paths([
-        inputs / "plain.dcm", inputs / "folder", inputs / "study.zip", inputs / "study.tar",
-        inputs / "study.tar.gz", inputs / "study.tgz", inputs / "one.dcm.gz",
-    ])
+    summary = services.importer.import_paths(
+        [
+            inputs / "plain.dcm",
+            inputs / "folder",
+            inputs / "study.zip",
+            inputs / "study.tar",
+            inputs / "study.tar.gz",
+            inputs / "study.tgz",
+            inputs / "one.dcm.gz",
+        ]
+    )
 
     assert summary.counts == {"imported": 7}, summary.outcomes
     # Stored bytes are the original bytes (not the zip/tar/gzip container), named by hash.
@@ -258,9 +269,10 @@ def test_real_corpus_imports_and_renders(
     assert len(statuses["imported"]) == 10
     assert {Path(o.source).name for o in statuses["refused"]} == {"LICENSE"}
     for outcome in statuses["imported"]:
-        assert Path(outcome.source).read_bytes() == stored_files(services)[
-            sha256(Path(outcome.source).read_bytes())
-        ]
+        assert (
+            Path(outcome.source).read_bytes()
+            == stored_files(services)[sha256(Path(outcome.source).read_bytes())]
+        )
     with services.sessions() as db:
         row = db.scalars(select(Instance).where(Instance.number_of_frames == 1)).first()
         assert row is not None
@@ -268,8 +280,10 @@ def test_real_corpus_imports_and_renders(
         assert series is not None
         study = db.get(Study, series.study_pk)
         assert study is not None
-        url = (f"/dicom-web/studies/{study.study_uid}/series/{series.series_uid}"
-               f"/instances/{row.sop_uid}/rendered")
+        url = (
+            f"/dicom-web/studies/{study.study_uid}/series/{series.series_uid}"
+            f"/instances/{row.sop_uid}/rendered"
+        )
     response = client.get(url, headers=auth)
     assert response.status_code == 200
     assert response.mimetype.startswith("image/")
@@ -315,7 +329,10 @@ def test_reimporting_the_same_instance_is_a_no_op(services: Services, tmp_path: 
     assert again.outcomes[0].sop_uid == ds.SOPInstanceUID
     after = final.stat()
     assert (after.st_mtime_ns, after.st_ino, after.st_size) == (
-        before.st_mtime_ns, before.st_ino, before.st_size)
+        before.st_mtime_ns,
+        before.st_ino,
+        before.st_size,
+    )
     assert instance_count(services) == 1
 
     # Same SOP Instance UID, other bytes: still present, nothing new stored, nothing changed.
@@ -380,7 +397,10 @@ def crash_import(mode: str, data_dir: Path, source: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-c", CRASH_SCRIPT, mode, str(data_dir), str(source)],
-        env=env, capture_output=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 17, result.stderr.decode()[-2000:]
 
@@ -472,7 +492,8 @@ def test_pixel_and_frame_limits_name_the_limit(services: Services, tmp_path: Pat
 
     assert [o.status for o in summary.outcomes] == ["refused", "refused", "imported"]
     assert summary.outcomes[0].reason == (
-        "frame of 32x16 pixels is over the limit of 256 pixels (VIEWER_MAX_FRAME_PIXELS)")
+        "frame of 32x16 pixels is over the limit of 256 pixels (VIEWER_MAX_FRAME_PIXELS)"
+    )
     assert summary.outcomes[1].reason == "3 frames is over the limit of 2 (VIEWER_MAX_FRAMES)"
     assert_consistent(services)
 
@@ -489,7 +510,9 @@ def test_gzip_bomb_is_refused_without_writing_it_out(services: Services, tmp_pat
         outcome = importer.import_paths([tmp_path / "bomb.dcm.gz"]).outcomes[0]
 
     assert (outcome.status, outcome.reason) == (
-        "refused", "larger than the 1 MiB limit (VIEWER_MAX_FILE_MB)")
+        "refused",
+        "larger than the 1 MiB limit (VIEWER_MAX_FILE_MB)",
+    )
     assert stored_files(services) == {}
     assert staging_files(services) == []
 
@@ -511,7 +534,8 @@ def test_oversized_archive_members_are_refused_without_writing_them_out(
 
     with file_size_cap(4 * MIB):
         summary = importer.import_paths(
-            [tmp_path / "honest.zip", tmp_path / "honest.tar.gz", tmp_path / "lying.zip"])
+            [tmp_path / "honest.zip", tmp_path / "honest.tar.gz", tmp_path / "lying.zip"]
+        )
 
     assert [o.status for o in summary.outcomes] == ["refused", "imported", "refused", "refused"]
     too_large = "larger than the 1 MiB limit (VIEWER_MAX_FILE_MB)"
@@ -537,7 +561,8 @@ def test_deflate_bomb_is_refused_before_it_is_inflated(services: Services, tmp_p
 
     assert [o.status for o in summary.outcomes] == ["refused", "imported"]
     assert summary.outcomes[0].reason == (
-        "the deflated data set inflates to more than the 1 MiB limit (VIEWER_MAX_FILE_MB)")
+        "the deflated data set inflates to more than the 1 MiB limit (VIEWER_MAX_FILE_MB)"
+    )
     assert_consistent(services)
 
 
@@ -550,10 +575,16 @@ def snapshot(folder: Path) -> set[Path]:
 
 def test_archive_member_names_are_never_used_as_paths(services: Services, tmp_path: Path) -> None:
     originals = [dicom_bytes() for _ in range(6)]
-    zip_members = {"../../evil.dcm": originals[0], "/etc/passwd": originals[1],
-                   "ok/../../../../../tmp/evil2.dcm": originals[2]}
-    tar_members = {"../../evil3.dcm": originals[3], "/tmp/evil4.dcm": originals[4],
-                   "../" * 30 + "etc/cron.d/evil5": originals[5]}
+    zip_members = {
+        "../../evil.dcm": originals[0],
+        "/etc/passwd": originals[1],
+        "ok/../../../../../tmp/evil2.dcm": originals[2],
+    }
+    tar_members = {
+        "../../evil3.dcm": originals[3],
+        "/tmp/evil4.dcm": originals[4],
+        "../" * 30 + "etc/cron.d/evil5": originals[5],
+    }
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "slip.zip").write_bytes(zip_bytes(zip_members))
@@ -578,7 +609,7 @@ def test_archive_member_names_are_never_used_as_paths(services: Services, tmp_pa
 
 
 def test_parallel_import_gives_the_same_index_as_serial(tmp_path: Path, corpus: Path) -> None:
-    """Worker processes only parse; storing and indexing stay in one process, same result."""
+    """Worker processes stage and parse; storing and indexing stay in one process, same result."""
     results = []
     for workers in (1, 2):
         app = create_app(load_config(make_env(tmp_path / f"data{workers}")))
@@ -590,8 +621,9 @@ def test_parallel_import_gives_the_same_index_as_serial(tmp_path: Path, corpus: 
             )
             with services.sessions() as db:
                 rows = db.execute(
-                    select(Instance.sop_uid, Instance.file_hash, Instance.number_of_frames)
-                    .order_by(Instance.sop_uid)
+                    select(
+                        Instance.sop_uid, Instance.file_hash, Instance.number_of_frames
+                    ).order_by(Instance.sop_uid)
                 ).all()
             results.append(([(o.status, o.reason) for o in summary.outcomes], rows))
             assert_consistent(services)
@@ -599,3 +631,34 @@ def test_parallel_import_gives_the_same_index_as_serial(tmp_path: Path, corpus: 
             services.engine.dispose()
     assert results[0] == results[1]
     assert len(results[0][1]) == 131
+
+
+def test_parallel_import_keeps_outcomes_in_order_and_leaves_no_temp_files(
+    tmp_path: Path,
+) -> None:
+    """Plain files are staged by the workers, archive members in the parent; either way the
+    outcomes are those of a serial import, in the order of the sources, over several batches."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    originals = [dicom_bytes() for _ in range(40)]
+    for number, data in enumerate(originals):
+        (inputs / f"{number:02}.dcm").write_bytes(data)
+    (inputs / "00-again.dcm").write_bytes(originals[0])  # the same instance twice in a batch
+    (inputs / "50-not-dicom.dcm").write_bytes(b"not a DICOM file" * 10)
+    (inputs / "51-large.dcm").write_bytes(dicom_bytes(rows=256, columns=256))
+    (inputs / "60-archive.zip").write_bytes(zip_bytes({"a.dcm": dicom_bytes(), "b.txt": b"x"}))
+    results = []
+    for workers in (1, 2):
+        app = create_app(load_config(make_env(tmp_path / f"data{workers}")))
+        services: Services = app.extensions["viewer"]
+        importer = small_importer(services, max_file_bytes=64 << 10)
+        importer.workers, importer.batch_size = workers, 16
+        try:
+            summary = importer.import_paths([inputs])
+            assert summary.counts == {"imported": 41, "present": 1, "refused": 3}
+            assert instance_count(services) == 41
+            assert_consistent(services)
+        finally:
+            services.engine.dispose()
+        results.append([(o.source, o.status, o.reason, o.sop_uid) for o in summary.outcomes])
+    assert results[0] == results[1]

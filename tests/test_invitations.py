@@ -329,9 +329,15 @@ def test_access_log_masks_link_secrets(tmp_path: Path) -> None:
         assert secret not in repr(atoms)
         prefix = path.rsplit("/", 2)[0] if path.startswith("/s/") else path.rsplit("/", 1)[0]
         assert atoms["U"].startswith(prefix + "/…")
+        logger.access(response, request, environ, timedelta(milliseconds=12))
+        # Another format gets every atom gunicorn has, masked too (request line, referer).
+        cfg.set("access_log_format", '%(r)s %(f)s %({referer}i)s %({raw_uri}e)s')
+        atoms = logger.atoms(response, request, environ, timedelta(milliseconds=12))
+        cfg.set("access_log_format", settings["access_log_format"])
+        assert secret not in repr(atoms)
         assert atoms["r"] == f"GET {prefix}/…{'/study' if path.startswith('/s/') else ''}?x=1 " \
                              "HTTP/1.1"
-        logger.access(response, request, environ, timedelta(milliseconds=12))
+        assert atoms["f"].endswith(f"{prefix}/…{'/study' if path.startswith('/s/') else ''}")
     # Other paths are untouched.
     environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/studies/1.2.3", "PATH_INFO": "/studies/1.2.3",
                "SERVER_PROTOCOL": "HTTP/1.1"}

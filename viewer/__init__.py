@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import partial
 
 from flask import Flask, g
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from viewer import websessions
 from viewer.config import Config, load_config
 from viewer.db import init_db
 from viewer.frames import FrameLoader
@@ -104,10 +104,10 @@ def create_app(config: Config | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure,
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         MAX_CONTENT_LENGTH=config.max_file_mb << 20,
         JSON_SORT_KEYS=False,
     )
+    app.session_interface = websessions.ServerSideOnly()
     services = services_for(config)
     app.extensions["viewer"] = services
 

@@ -27,8 +27,9 @@ __all__ = ["write_demo_study"]
 
 # Change the name to get a new set of UIDs if the content ever changes on purpose.
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:viewer:demo-study:v1")
-_ROWS = _COLS = 256
-_PIXEL_MM = 0.9375
+# The field of view is fixed; ``matrix`` (rows = columns) sets the pixel size.
+_FOV_MM = 240.0
+_MATRIX = 256
 
 Array = np.ndarray
 
@@ -84,14 +85,16 @@ class _Grid:
         return (index[0], index[1], index[2]), (xyz[0], xyz[1], xyz[2])
 
 
-def _grid(first: Array, row_dir: Array, col_dir: Array, normal: Array, step: float, n: int):
+def _grid(first: Array, row_dir: Array, col_dir: Array, normal: Array, step: float, n: int,
+          matrix: int):
     """The _Grid of n slices starting at ``first`` (ImagePositionPatient of slice 1)."""
     axes = []
     world = []
+    pixel = _FOV_MM / matrix
     for direction, count, spacing in (
         (normal, n, step),
-        (col_dir, _ROWS, _PIXEL_MM),
-        (row_dir, _COLS, _PIXEL_MM),
+        (col_dir, matrix, pixel),
+        (row_dir, matrix, pixel),
     ):
         w = int(np.argmax(np.abs(direction)))
         axes.append((first[w] + np.arange(count) * spacing * direction[w]).astype(np.float32))
@@ -573,10 +576,7 @@ _SERIES = (
                        "PixelBandwidth": 180.0}),
 )
 
-_HALF_FOV = (_ROWS - 1) / 2 * _PIXEL_MM
-
-
-def _geometry(series: _Series) -> tuple[list[float], Array, list[Array]]:
+def _geometry(series: _Series, matrix: int) -> tuple[list[float], Array, list[Array]]:
     """Orientation, slice normal and one ImagePositionPatient per slice, centred on
     the origin; slices run along the normal in InstanceNumber order."""
     if series.plane == "axial":
@@ -585,7 +585,7 @@ def _geometry(series: _Series) -> tuple[list[float], Array, list[Array]]:
         row, col = np.array([0, 1.0, 0]), np.array([0, 0, -1.0])
     normal = np.cross(row, col)
     offsets = (np.arange(series.slices) - (series.slices - 1) / 2) * series.spacing
-    corner = -_HALF_FOV * (row + col)
+    corner = -(matrix - 1) / 2 * (_FOV_MM / matrix) * (row + col)
     positions = [corner + t * normal for t in offsets]
     return [*row, *col], normal, positions
 
@@ -644,7 +644,7 @@ def _series_template(series: _Series, uids: dict[str, str], orientation: list[fl
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape[1:]
-    ds.PixelSpacing = [_ds_number(_PIXEL_MM)] * 2
+    ds.PixelSpacing = [_ds_number(_FOV_MM / pixels.shape[2])] * 2
     ds.BitsAllocated = 16
     ds.BitsStored = series.bits_stored
     ds.HighBit = series.bits_stored - 1
@@ -684,11 +684,11 @@ def _instance(template: Dataset, uids: dict[str, str], number: int, position: Ar
 _SLAB = 8  # slices rendered at a time: small arrays stay in cache, about 2.5x faster
 
 
-def _series_pixels(series: _Series) -> tuple[list[float], Array, list[Array], Array]:
+def _series_pixels(series: _Series, matrix: int) -> tuple[list[float], Array, list[Array], Array]:
     """Orientation, normal, slice positions and the stored pixel array of one series."""
-    orientation, normal, positions = _geometry(series)
+    orientation, normal, positions = _geometry(series, matrix)
     grid = _grid(positions[0], np.array(orientation[:3]), np.array(orientation[3:]), normal,
-                 series.spacing, series.slices)
+                 series.spacing, series.slices, matrix)
     dtype = np.dtype(series.dtype)
     top = 2**series.bits_stored - 1 if dtype.kind == "u" else 2 ** (series.bits_stored - 1) - 1
     stored = np.empty(grid.shape, dtype)
@@ -705,18 +705,20 @@ def _file_name(sop_instance_uid: str) -> str:
     return hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:16].upper() + ".dcm"
 
 
-def _write_series(series: _Series, pixels: tuple, out_dir: Path) -> list[Path]:
+def _write_series(series: _Series, pixels: tuple, out_dir: Path, matrix: int) -> list[Path]:
     orientation, normal, positions, stored = pixels
+    # Another matrix is another study: its own UIDs, and the demo's stay as they were.
+    tag = () if matrix == _MATRIX else (f"matrix-{matrix}",)
     uids = {
-        "study": _uid("study"),
-        "frame": _uid("frame-of-reference"),
+        "study": _uid(*tag, "study"),
+        "frame": _uid(*tag, "frame-of-reference"),
         "implementation": _uid("implementation"),
-        "series": _uid("series", series.number),
+        "series": _uid(*tag, "series", series.number),
     }
     template = _series_template(series, uids, orientation, stored)
     files = []
     for i, position in enumerate(positions):
-        sop = {**uids, "sop": _uid("instance", series.number, i + 1)}
+        sop = {**uids, "sop": _uid(*tag, "instance", series.number, i + 1)}
         files.append((_file_name(sop["sop"]), i, position, sop))
     paths = []
     for name, i, position, sop in sorted(files, key=lambda item: item[0]):
@@ -726,8 +728,12 @@ def _write_series(series: _Series, pixels: tuple, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_demo_study(out_dir: Path) -> list[Path]:
+def write_demo_study(out_dir: Path, matrix: int = _MATRIX) -> list[Path]:
     """Write the demo MR brain study (3 series, 114 files) into ``out_dir``.
+
+    ``matrix`` is the rows and columns of every image (the field of view stays 240 mm):
+    the demo is 256; the benchmarks also use 512, the size of the throughput targets, as
+    a study of its own (other UIDs).
 
     File names are hashes of the SOP Instance UIDs, so name order is not slice order
     and the viewer's geometric sort is exercised. Existing files of the same names
@@ -740,7 +746,7 @@ def write_demo_study(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     with ThreadPoolExecutor(max_workers=len(_SERIES)) as pool:
-        jobs = {pool.submit(_series_pixels, series): series for series in _SERIES}
+        jobs = {pool.submit(_series_pixels, series, matrix): series for series in _SERIES}
         for job in as_completed(jobs):
-            paths += _write_series(jobs[job], job.result(), out_dir)
+            paths += _write_series(jobs[job], job.result(), out_dir, matrix)
     return sorted(paths)

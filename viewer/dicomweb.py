@@ -171,12 +171,12 @@ def series_rendered(study_uid: str, series_uid: str) -> Response:
                                                                  params))
 
 
-def _instance_labels(db: Session, ref: InstanceRef,
+def _instance_labels(ref: InstanceRef,
                      params: rendered_params.RenderParams) -> dict[str, list[str]]:
     """Annotation text; the ORM rows are loaded only when annotations are asked for."""
     if not params.annotations:
         return {}
-    instance = db.get(Instance, ref.instance_pk)
+    instance = _services().db().get(Instance, ref.instance_pk)
     assert instance is not None
     return _labels(instance, instance.series, instance.series.study, params)
 
@@ -184,9 +184,8 @@ def _instance_labels(db: Session, ref: InstanceRef,
 @bp.get(INSTANCE + "/rendered")
 def instance_rendered(study_uid: str, series_uid: str, sop_uid: str) -> Response:
     params = _params()
-    db = _services().db()
-    ref = find_instance_ref(db, require_principal(), study_uid, series_uid, sop_uid)
-    labels = _instance_labels(db, ref, params)
+    ref = find_instance_ref(require_principal(), study_uid, series_uid, sop_uid)
+    labels = _instance_labels(ref, params)
     if ref.number_of_frames > 1:
         items = [(ref.file_hash, n) for n in range(1, ref.number_of_frames + 1)]
         return _multipart(items, params, labels)
@@ -196,10 +195,9 @@ def instance_rendered(study_uid: str, series_uid: str, sop_uid: str) -> Response
 @bp.get(INSTANCE + "/frames/<frames>/rendered")
 def frame_rendered(study_uid: str, series_uid: str, sop_uid: str, frames: str) -> Response:
     params = _params()
-    db = _services().db()
-    ref = find_instance_ref(db, require_principal(), study_uid, series_uid, sop_uid)
+    ref = find_instance_ref(require_principal(), study_uid, series_uid, sop_uid)
     numbers = _parse_frames(frames, ref.number_of_frames)
-    labels = _instance_labels(db, ref, params)
+    labels = _instance_labels(ref, params)
     if len(numbers) == 1:
         return _single(ref.file_hash, numbers[0], params, labels)
     return _multipart([(ref.file_hash, n) for n in numbers], params, labels)
@@ -231,14 +229,14 @@ def series_thumbnail(study_uid: str, series_uid: str) -> Response:
 @bp.get(INSTANCE + "/thumbnail")
 def instance_thumbnail(study_uid: str, series_uid: str, sop_uid: str) -> Response:
     params = _params(thumbnail=True)
-    ref = find_instance_ref(_services().db(), require_principal(), study_uid, series_uid, sop_uid)
+    ref = find_instance_ref(require_principal(), study_uid, series_uid, sop_uid)
     return _single(ref.file_hash, (ref.number_of_frames + 1) // 2, params, {})
 
 
 @bp.get(INSTANCE + "/frames/<frames>/thumbnail")
 def frame_thumbnail(study_uid: str, series_uid: str, sop_uid: str, frames: str) -> Response:
     params = _params(thumbnail=True)
-    ref = find_instance_ref(_services().db(), require_principal(), study_uid, series_uid, sop_uid)
+    ref = find_instance_ref(require_principal(), study_uid, series_uid, sop_uid)
     number = _parse_frames(frames, ref.number_of_frames)[0]
     return _single(ref.file_hash, number, params, {})
 

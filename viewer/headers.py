@@ -69,8 +69,8 @@ def _numbers(value: object, count: int) -> list[float] | None:
     return numbers
 
 
-def _lookup(ds: Dataset, index: int, macro: str, keyword: str) -> object:
-    """Per-frame value if present, else the shared one, else the top-level one."""
+def _groups(ds: Dataset, index: int) -> list[Dataset]:
+    """The functional groups of frame ``index``: its per-frame one, then the shared one."""
     groups = []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if isinstance(per_frame, Sequence) and 0 <= index < len(per_frame):
@@ -78,6 +78,11 @@ def _lookup(ds: Dataset, index: int, macro: str, keyword: str) -> object:
     shared = ds.get("SharedFunctionalGroupsSequence")
     if isinstance(shared, Sequence) and shared:
         groups.append(shared[0])
+    return groups
+
+
+def _lookup(ds: Dataset, groups: list[Dataset], macro: str, keyword: str) -> object:
+    """Per-frame value if present, else the shared one, else the top-level one."""
     for group in groups:
         sequence = group.get(macro)
         if isinstance(sequence, Sequence) and sequence:
@@ -89,7 +94,8 @@ def _lookup(ds: Dataset, index: int, macro: str, keyword: str) -> object:
 
 def frame_header(ds: Dataset, index: int = 0) -> FrameHeader:
     """Header facts for frame ``index`` (0-based) of ``ds``."""
-    values = {name: _lookup(ds, index, *where) for name, where in ENHANCED_MACROS.items()}
+    groups = _groups(ds, index)  # looked up once, not once per value
+    values = {name: _lookup(ds, groups, *where) for name, where in ENHANCED_MACROS.items()}
     slope = _first_number(values["slope"])
     intercept = _first_number(values["intercept"])
     width = _first_number(values["window_width"])

@@ -43,27 +43,8 @@ class ObjectStore:
         return self.root / digest[:2] / digest[2:4] / digest
 
     def stage(self, chunks: Iterable[bytes], limit: int) -> tuple[Path, str, int]:
-        """Write ``chunks`` to a temp file, returning (path, sha256, size).
-
-        Stops with ``TooLarge`` as soon as ``limit`` bytes are passed, so a
-        huge or endless input never fills the disk.
-        """
-        digest = hashlib.sha256()
-        size = 0
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
-        path = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise TooLarge(f"larger than the {limit // (1 << 20)} MiB limit")
-                    digest.update(chunk)
-                    handle.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path, digest.hexdigest(), size
+        """Write ``chunks`` to a temp file under ``tmp``: see ``stage_file``."""
+        return stage_file(self.tmp, chunks, limit)
 
     def commit(self, staged: Path, digest: str) -> Path:
         """Move a staged file to its final name (a no-op if the bytes are already there).
@@ -106,6 +87,31 @@ class ObjectStore:
                     leftover.unlink()
                     removed += 1
         return removed
+
+
+def stage_file(tmp: Path, chunks: Iterable[bytes], limit: int) -> tuple[Path, str, int]:
+    """Write ``chunks`` to a temp file in ``tmp``, returning (path, sha256, size).
+
+    Stops with ``TooLarge`` as soon as ``limit`` bytes are passed, so a huge or
+    endless input never fills the disk. A function, not only a method, so that
+    import's worker processes can stage files without the (unpicklable) store.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    fd, name = tempfile.mkstemp(dir=tmp, suffix=".part")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"larger than the {limit // (1 << 20)} MiB limit")
+                digest.update(chunk)
+                handle.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, digest.hexdigest(), size
 
 
 def read_chunks(handle: BinaryIO) -> Iterable[bytes]:

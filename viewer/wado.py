@@ -117,8 +117,7 @@ def _series_instances(study_uid: str, series_uid: str) -> list[Stored]:
 
 
 def _one_instance(study_uid: str, series_uid: str, sop_uid: str) -> list[Stored]:
-    db = services().db()
-    ref = find_instance_ref(db, require_principal(), study_uid, series_uid, sop_uid)
+    ref = find_instance_ref(require_principal(), study_uid, series_uid, sop_uid)
     return _stored(Instance.id == ref.instance_pk)
 
 
@@ -426,7 +425,7 @@ def _reader(ref: InstanceRef) -> tuple[FrameReader, str]:
 
 
 def retrieve_frames(study_uid: str, series_uid: str, sop_uid: str, frames: str) -> Response:
-    ref = find_instance_ref(services().db(), require_principal(), study_uid, series_uid, sop_uid)
+    ref = find_instance_ref(require_principal(), study_uid, series_uid, sop_uid)
     numbers = parse_frames(frames, ref.number_of_frames)
     reader, syntax = _reader(ref)
     return _frames_answer(reader, numbers, _frame_form(media_ranges(_accept()), syntax))
@@ -458,7 +457,7 @@ def _element_value(path: Path, steps: list[BaseTag | int]) -> bytes:
 def bulkdata(study_uid: str, series_uid: str, sop_uid: str, tag_path: str) -> Response:
     """A BulkDataURI from the metadata: the value as one octet-stream part (Pixel Data: every
     frame, as the frames resource sends them)."""
-    ref = find_instance_ref(services().db(), require_principal(), study_uid, series_uid, sop_uid)
+    ref = find_instance_ref(require_principal(), study_uid, series_uid, sop_uid)
     steps = parse_bulk_path(tag_path)
     if len(steps) == 1 and f"{int(steps[0]):08X}" == PIXEL_DATA:
         reader, syntax = _reader(ref)

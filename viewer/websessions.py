@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import Flask, Response, current_app, g, request
+from flask.sessions import NullSession, SessionInterface
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -42,6 +43,18 @@ class Current:
     portal_pk: int | None = None  # an embed session: its portal and its studies only
     study_uids: tuple[str, ...] | None = None
     from_header: bool = False  # named by SESSION_HEADER, not by an ambient cookie
+
+
+class ServerSideOnly(SessionInterface):
+    """Turns off Flask's signed-cookie session: these server-side sessions are the only
+    ones. Nothing reads ``flask.session`` (writing it raises), and no request pays for
+    decoding and re-signing a cookie that holds nothing."""
+
+    def open_session(self, app: Flask, request: object) -> NullSession:  # type: ignore[override]
+        return self.make_null_session(app)
+
+    def save_session(self, app: Flask, session: object, response: Response) -> None:  # type: ignore[override]
+        return None
 
 
 def _hash(token: str) -> str:
