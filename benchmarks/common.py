@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PYTHON = sys.executable
 GE_SERIES = "ge-t1-mprage"
-SIEMENS_384 = Path("siemens-transfer-syntaxes") / "1.dcm"
+SIEMENS_SYNTAXES = Path("siemens-transfer-syntaxes")  # one slice in nine transfer syntaxes
+SIEMENS_384 = SIEMENS_SYNTAXES / "1.dcm"
 
 
 # --- test data ----------------------------------------------------------------------------

@@ -12,6 +12,11 @@ the size of a head's), to PNG and to JPEG:
 * naive baseline: the decoded pixel array windowed in float64 and written by
   Pillow with its defaults (PNG level 6 / JPEG quality 90).
 
+Then what decoding costs per transfer syntax: ``pydicom.dcmread`` +
+``decode_frame`` of the same 384x384 Siemens slice in each of the corpus's nine
+syntaxes, and in HTJ2K lossless (made with OpenJPH through ``imagecodecs``, a
+test dependency; left out, with a note, when it is not installed).
+
 Every request uses another window (centre and width around the header's), so
 nothing can be reused between runs. Median and p95 over hundreds of runs.
 """
@@ -36,6 +41,7 @@ from PIL import Image
 
 from benchmarks.common import (
     SIEMENS_384,
+    SIEMENS_SYNTAXES,
     Metric,
     corpus_dir,
     demo_series,
@@ -176,6 +182,44 @@ def bench_image(size: str, path: Path) -> tuple[list[Metric], dict[str, Any]]:
     return metrics, details
 
 
+def htj2k_copy(path: Path, folder: Path) -> Path | None:
+    """``path`` re-encoded as HTJ2K lossless (no sample exists), or None without imagecodecs."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2KLossless
+
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([imagecodecs.htj2k_encode(ds.pixel_array, reversible=True)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    out = folder / "htj2k-lossless.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def bench_decode(tmp: Path) -> tuple[list[Metric], dict[str, Any]]:
+    """Cold decode (read + decode_frame) of one slice in every transfer syntax at hand."""
+    files = sorted((corpus_dir() / SIEMENS_SYNTAXES).glob("*.dcm"))
+    htj2k = htj2k_copy(corpus_dir() / SIEMENS_384, tmp)
+    details: dict[str, Any] = {} if htj2k else {
+        "htj2k": "not measured: imagecodecs (requirements-dev.txt) is not installed"}
+    metrics = []
+    for path in files + ([htj2k] if htj2k else []):
+        syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        log(f"decode 384x384 {syntax.name}")
+        stats = summary_ms(timed_runs(lambda i, p=path: decode_frame(pydicom.dcmread(p)),
+                                      min_runs=20, min_seconds=0.5))
+        details[str(syntax)] = {"file": path.name, **stats}
+        metrics.append(Metric(f"render.decode.{path.stem}",
+                              f"Decode 384x384 {syntax.name} ({path.name})",
+                              stats["median_ms"], "ms",
+                              note=f"dcmread + decode_frame; p95 {stats['p95_ms']:.2f} ms"))
+    return metrics, details
+
+
 def run() -> tuple[list[Metric], dict[str, Any]]:
     """All sizes; returns the table rows and the details for the JSON file."""
     metrics: list[Metric] = []
@@ -195,6 +239,8 @@ def run() -> tuple[list[Metric], dict[str, Any]]:
             rows, info = bench_image(size, path)
             metrics.extend(rows)
             details[size] = info
+        decode_rows, details["decode"] = bench_decode(Path(tmp))
+        metrics.extend(decode_rows)
     details["512"]["note"] = (
         "512x512 made by upsampling the GE middle slice 2x (bilinear) with pydicom/Pillow "
         "into a temp dir; see benchmarks/common.py make_512_slice"

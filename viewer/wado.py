@@ -64,6 +64,9 @@ FRAME_MEDIA = {
     "1.2.840.10008.1.2.4.91": "image/jp2",
     "1.2.840.10008.1.2.4.92": "image/jpx",
     "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",  # HTJ2K lossless, lossless RPCL, lossy
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 # What a stored file cannot be read as (for a 422, never around store.path()).
