@@ -45,6 +45,11 @@ keep-alive), started as ``python -m gunicorn -c gunicorn.conf.py wsgi:app``.
   and the table notes what remains.
 * Peak memory: VmHWM of each gunicorn worker after all of that, against
   ``VIEWER_CACHE_MB`` + 150 MB.
+* In-process, no HTTP: the same rendered-slice requests (``brain512``, every
+  slice, changing windows) through the WSGI app in this process, back to back
+  and then each after 1 ms of idle CPU, as one client's requests arrive. Median
+  wall and CPU time per request: what the app itself (Flask, the authorization
+  query, rendering) costs, and what idling between requests adds on this machine.
 
 Orthanc (when ``/usr/sbin/Orthanc`` exists): temp config and storage, HTTP on a
 free loopback port, DICOM server off, DICOMweb plugin loaded; the same files
@@ -131,6 +136,9 @@ TARGETS = {
     "fetch_all_s": 1.5,
     "memory_over_cache_mb": 150.0,
 }
+
+IN_PROCESS_REQUESTS = 480  # per format and way, in-process (no HTTP)
+IDLE_GAP_S = 0.001  # the idle time before each request of the "after idle" runs
 
 NOISY_CORES = 0.25  # CPU used by neither server nor load generator, flagged in the table
 RETRY = RetryBudget(30.0, NOISY_CORES)  # re-measure runs that other processes disturbed
@@ -332,6 +340,50 @@ def load_ours(ours: Ours, master: int, plans: dict[str, tuple[list[dict[str, Any
     return results
 
 
+def in_process(ours: Ours, slices: list[dict[str, Any]], window: Window) -> dict[str, Any]:
+    """Rendered-slice requests through the WSGI app in this process (see the docstring)."""
+    from werkzeug.test import EnvironBuilder
+
+    from viewer import create_app
+    from viewer.config import load_config
+
+    app = create_app(load_config(ours.env))
+    paths = load_paths([s["url"] for s in slices], window, rendered_path)
+    results: dict[str, Any] = {}
+    try:
+        for fmt, media in FORMATS.items():
+            environs = []
+            for target in paths:
+                path, _, query = target.partition("?")
+                environs.append(EnvironBuilder(path=path, query_string=query,
+                                               headers=ours.auth(media)).get_environ())
+
+            def request(number: int, environs: list[dict[str, Any]] = environs) -> None:
+                statuses: list[str] = []
+                body = app(dict(environs[number % len(environs)]),
+                           lambda status, headers, exc=None: statuses.append(status))
+                b"".join(body)
+                if statuses[0][:3] != "200":
+                    raise RuntimeError(f"in-process request: {statuses[0]}")
+
+            for number in range(len(slices)):  # every frame decoded and cached first
+                request(number)
+            for way, gap in (("back_to_back", 0.0), ("after_idle", IDLE_GAP_S)):
+                walls, cpus = [], []
+                for number in range(IN_PROCESS_REQUESTS):
+                    if gap:
+                        time.sleep(gap)
+                    cpu, wall = time.thread_time(), time.perf_counter()
+                    request(number)
+                    walls.append(time.perf_counter() - wall)
+                    cpus.append(time.thread_time() - cpu)
+                results[f"{fmt}.{way}"] = {**summary_ms(walls),
+                                           "cpu_median_ms": summary_ms(cpus)["median_ms"]}
+    finally:
+        app.extensions["viewer"].engine.dispose()
+    return results
+
+
 def worker_memory(master: int) -> dict[str, Any]:
     """VmHWM and VmRSS (MiB) of each gunicorn worker."""
     out = {}
@@ -499,6 +551,8 @@ def run() -> tuple[list[Metric], dict[str, Any]]:
             all(v.connections < v.requests / 2 for v in opened) if opened else None)
         stop_process(proc)
         procs.remove(proc)
+        log("ours: in-process requests (no HTTP)")
+        details["ours"]["in_process"] = in_process(ours, *plans[TARGET_SIZE])
 
         orthanc: dict[str, Any] = {}
         orthanc_load: dict[str, LoadResult] = {}
@@ -612,6 +666,18 @@ def build_metrics(details: dict[str, Any], load: dict[str, LoadResult],
             f"http.cpu.{TARGET_SIZE}.{fmt}",
             f"Server CPU per rendered {fmt.upper()} {LABELS[TARGET_SIZE]}",
             cpu(load, TARGET_SIZE), "ms", orthanc=cpu(orthanc_load, TARGET_SIZE), note=note))
+
+    for fmt in FORMATS:
+        done = ours["in_process"]
+        mine, idle = done[f"{fmt}.back_to_back"], done[f"{fmt}.after_idle"]
+        metrics.append(Metric(
+            f"http.in_process.{fmt}",
+            f"Rendered {fmt.upper()} {LABELS[TARGET_SIZE]} through the app, no HTTP: "
+            "back to back / after 1 ms idle",
+            mine["median_ms"], "ms",
+            note=f"median of {mine['n']} in-process WSGI calls; after {IDLE_GAP_S * 1000:g} ms "
+                 f"idle: {idle['median_ms']:.2f} ms (CPU {idle['cpu_median_ms']:.2f} ms, "
+                 f"back to back {mine['cpu_median_ms']:.2f} ms)"))
 
     rounds = ours["fresh_rounds"]
     json_ms = statistics.median(r["json_s"] for r in rounds) * 1000

@@ -429,10 +429,13 @@ def test_stow_failures_and_statuses(client: FlaskClient, auth: dict[str, str],
     good = make_dataset()
     wrong_study = make_dataset()
     not_an_image = make_dataset()
-    del not_an_image.PixelData
+    del not_an_image.PixelData, not_an_image.Rows, not_an_image.Columns
     not_an_image.StudyInstanceUID = good.StudyInstanceUID
+    no_pixels = make_dataset()  # an image's header only: as if cut short
+    del no_pixels.PixelData
+    no_pixels.StudyInstanceUID = good.StudyInstanceUID
     response = stow(client, auth, [encode(good), b"not dicom at all", encode(wrong_study),
-                                   encode(not_an_image)],
+                                   encode(not_an_image), encode(no_pixels)],
                     url=f"/studies/{good.StudyInstanceUID}")
     assert response.status_code == 202
     body = response.get_json()
@@ -441,7 +444,7 @@ def test_stow_failures_and_statuses(client: FlaskClient, auth: dict[str, str],
     failed = {r["00081155"].get("Value", [""])[0]: r["00081197"]["Value"][0]
               for r in body["00081198"]["Value"]}
     assert failed == {"": 0xC000, wrong_study.SOPInstanceUID: 0xA900,
-                      not_an_image.SOPInstanceUID: 0x0122}
+                      not_an_image.SOPInstanceUID: 0x0122, no_pixels.SOPInstanceUID: 0xA900}
     assert response.headers.getlist("Warning")
     with services.sessions() as db:
         stored = set(db.scalars(select(Instance.sop_uid)))

@@ -80,6 +80,11 @@ def truncated_in_pixel_data() -> bytes:
     return data[: len(data) - 200]
 
 
+def truncated_before_pixel_data() -> bytes:
+    data = encode(make_dataset())
+    return data[: data.index(PIXEL_DATA_TAG)]
+
+
 def truncated_in_meta(cut: int) -> bytes:
     return encode(make_dataset())[:cut]
 
@@ -197,6 +202,8 @@ class Case:
 CASES: dict[str, Case] = {
     "control: a valid file": Case(lambda: encode(make_dataset()), status=200),
     "truncated in the pixel data": Case(truncated_in_pixel_data, "the file is truncated"),
+    "truncated just before the pixel data": Case(truncated_before_pixel_data,
+                                                 "ends before its pixel data"),
     "truncated in the meta header": Case(lambda: truncated_in_meta(150), "the file is truncated"),
     "truncated inside a meta element": Case(lambda: truncated_in_meta(190),
                                             "the file is truncated"),

@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -52,6 +53,9 @@ IN_MEMORY = 8 << 20  # files up to this size are parsed from memory (see ``_read
 INSPECT_CHUNK = 8  # sources per task sent to a worker process
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 BITS_ALLOCATED = (1, 8, 16, 32)
+# Samples of objects with Rows/Columns but no Pixel Data (float images, spectroscopy):
+# their absence is what a file cut short before Pixel Data looks like.
+OTHER_SAMPLES = {Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), Tag(0x5600, 0x0020)}
 MAX_SEQUENCE_DEPTH = 64
 MAX_REQUEST_ITEMS = 16  # RequestAttributesSequence items kept in the index
 # Sequences the viewer reads: one written with another VR would break rendering.
@@ -390,6 +394,10 @@ def check(ds: Dataset, limits: Limits) -> None:
         _check_sequences(ds)  # a report (SR or PDF), not an image: see ``report_record``
         return
     if "PixelData" not in ds:
+        if "Rows" in ds and "Columns" in ds and not OTHER_SAMPLES.intersection(ds.keys()):
+            # An image's header with nothing after it: a copy or download cut short.
+            raise Refused("the file is truncated: it describes an image (Rows/Columns) but "
+                          "ends before its pixel data")
         raise Refused(
             f"not an image (SOP class {text(ds, 'SOPClassUID')}); "
             "only objects with pixel data can be viewed"
