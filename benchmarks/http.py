@@ -55,8 +55,11 @@ Orthanc (when ``/usr/sbin/Orthanc`` exists): temp config and storage, HTTP on a
 free loopback port, DICOM server off, DICOMweb plugin loaded; the same files
 uploaded by ``POST /instances`` (files/s of the 256x256 series), then the same
 load on ``/instances/{id}/rendered?window-center=C&window-width=W`` with
-``Accept: image/png`` or ``image/jpeg``. Which query parameters Orthanc honours
-is probed first and recorded (output bytes must change with the parameter).
+``Accept: image/png`` or ``image/jpeg``. Both servers run side by side and take
+turns: each of our throughput runs is next to Orthanc's same run, in alternating
+order (this shared VM drifts by tens of percent over minutes; runs minutes apart
+would put that drift into the ratios). Which query parameters Orthanc honours
+is probed and recorded (output bytes must change with the parameter).
 
 Both servers are stopped at the end whatever happens (process groups, TERM then
 KILL); SIGTERM to this script runs that clean-up too.
@@ -311,33 +314,40 @@ def etag_check(ours: Ours, path: str) -> dict[str, Any]:
     return result
 
 
-def run_series_load(
-    name: str, port: int, paths: list[str], headers: Callable[[str], dict[str, str]], size: str,
-    server_pids: list[int], scratch: Path,
-) -> dict[str, LoadResult]:
-    """Warm-up, then every format x client count on one series of one server."""
-    results: dict[str, LoadResult] = {}
-    log(f"{name}: {LABELS[size]} warm-up ({load_generator()})")
-    run_paths(port, paths, headers("image/png"), max(CLIENTS), WARMUP_SECONDS,
-              script_dir=scratch)
+@dataclass
+class Server:
+    """One server under load: where it answers, what to ask, whose CPU to count."""
+
+    name: str
+    port: int
+    paths: list[str]  # the request cycle of the series being measured
+    headers: Callable[[str], dict[str, str]]  # media type -> request headers
+    pids: list[int]
+    results: dict[str, LoadResult]
+
+
+def load_both(servers: list[Server], size: str, scratch: Path) -> None:
+    """Warm-up, then every format x client count on one series, the servers taking turns.
+
+    Each (format, clients) run of ours is next to Orthanc's, in alternating order:
+    this shared VM drifts by tens of percent over minutes, and runs minutes apart
+    would put that drift into the ratios.
+    """
+    for server in servers:
+        log(f"{server.name}: {LABELS[size]} warm-up ({load_generator()})")
+        run_paths(server.port, server.paths, server.headers("image/png"), max(CLIENTS),
+                  WARMUP_SECONDS, script_dir=scratch)
+    turn = 0
     for fmt, media in FORMATS.items():
         for clients in CLIENTS:
-            log(f"{name}: {LABELS[size]} {fmt} with {clients} client(s) for {LOAD_SECONDS:g} s")
-            results[f"{size}.{fmt}.c{clients}"] = RETRY.quietest(
-                lambda media=media, clients=clients: run_paths(
-                    port, paths, headers(media), clients, LOAD_SECONDS, server_pids, scratch))
-    return results
-
-
-def load_ours(ours: Ours, master: int, plans: dict[str, tuple[list[dict[str, Any]], Window]]
-              ) -> dict[str, LoadResult]:
-    """Throughput runs on a running gunicorn, per series (cache warmed first)."""
-    results: dict[str, LoadResult] = {}
-    for size, (slices, window) in plans.items():
-        paths = load_paths([s["url"] for s in slices], window, rendered_path)
-        results.update(run_series_load("ours", ours.port, paths, ours.auth, size,
-                                       [master, *children(master)], ours.tmp))
-    return results
+            for server in servers if turn % 2 == 0 else servers[::-1]:
+                log(f"{server.name}: {LABELS[size]} {fmt} with {clients} client(s) "
+                    f"for {LOAD_SECONDS:g} s")
+                server.results[f"{size}.{fmt}.c{clients}"] = RETRY.quietest(
+                    lambda server=server, media=media, clients=clients: run_paths(
+                        server.port, server.paths, server.headers(media), clients,
+                        LOAD_SECONDS, server.pids, scratch))
+            turn += 1
 
 
 def in_process(ours: Ours, slices: list[dict[str, Any]], window: Window) -> dict[str, Any]:
@@ -489,17 +499,6 @@ def orthanc_rendered_path(orthanc_id: str, window: Window) -> str:
     return f"/instances/{orthanc_id}/rendered?window-center={c:g}&window-width={w:g}"
 
 
-def load_orthanc(port: int, pid: int, plans: dict[str, tuple[list[str], Window]],
-                 scratch: Path) -> dict[str, LoadResult]:
-    """The same load as ours, on Orthanc's /instances/{id}/rendered, per series."""
-    results: dict[str, LoadResult] = {}
-    for size, (ids, window) in plans.items():
-        paths = load_paths(ids, window, orthanc_rendered_path)
-        results.update(run_series_load("orthanc", port, paths, lambda media: {"Accept": media},
-                                       size, [pid], scratch))
-    return results
-
-
 def single_png(port: int, path: str, headers: dict[str, str], count: int = 20
                ) -> dict[str, float]:
     """Latency of ``count`` sequential requests, each on a new connection."""
@@ -533,13 +532,44 @@ def run() -> tuple[list[Metric], dict[str, Any]]:
             rounds.append(fresh_round(ours, number))
         details["ours"]["fresh_rounds"] = rounds
 
-        log("ours: throughput")
+        log("ours: throughput, Orthanc's alongside")
         proc = ours.start()
         procs.append(proc)
         plans = {size: series_info(ours, size)[:2] for size in SIZES}
-        load = load_ours(ours, proc.pid, plans)
-        details["ours"]["load"] = {k: v.as_dict() for k, v in load.items()}
         middles = {size: slices[len(slices) // 2] for size, (slices, _) in plans.items()}
+        load: dict[str, LoadResult] = {}
+        orthanc: dict[str, Any] = {}
+        orthanc_load: dict[str, LoadResult] = {}
+        orthanc_proc, orthanc_plans = None, {}
+        if ORTHANC.exists():
+            log("orthanc: start and upload")
+            orthanc_proc, port = start_orthanc(tmp / "orthanc")
+            procs.append(orthanc_proc)
+            version = json.loads(get(port, "/system").body).get("Version")
+            orthanc.update({"version": version, "upload_s": {}})
+            by_sop: dict[str, str] = {}
+            for size in (FIRST_SIZE, *SIZES):
+                if size not in orthanc["upload_s"]:
+                    found, upload_s = upload_orthanc(port, inputs[size])
+                    by_sop.update(found)
+                    orthanc["upload_s"][size] = round(upload_s, 3)
+            orthanc_plans = {size: ([by_sop[s["sop_uid"]] for s in slices], window)
+                             for size, (slices, window) in plans.items()}
+        else:
+            orthanc["skipped"] = f"{ORTHANC} not found"
+        for size, (slices, window) in plans.items():
+            servers = [Server("ours", ours.port,
+                              load_paths([s["url"] for s in slices], window, rendered_path),
+                              ours.auth, [proc.pid, *children(proc.pid)], load)]
+            if orthanc_proc is not None:
+                ids, orthanc_window = orthanc_plans[size]
+                servers.append(Server("orthanc", port,
+                                      load_paths(ids, orthanc_window, orthanc_rendered_path),
+                                      lambda media: {"Accept": media}, [orthanc_proc.pid],
+                                      orthanc_load))
+            load_both(servers, size, tmp)
+
+        details["ours"]["load"] = {k: v.as_dict() for k, v in load.items()}
         details["ours"]["etag"] = etag_check(
             ours, rendered_path(middles[FIRST_SIZE]["url"], plans[FIRST_SIZE][1]))
         details["ours"]["single_png"] = {
@@ -551,25 +581,8 @@ def run() -> tuple[list[Metric], dict[str, Any]]:
             all(v.connections < v.requests / 2 for v in opened) if opened else None)
         stop_process(proc)
         procs.remove(proc)
-        log("ours: in-process requests (no HTTP)")
-        details["ours"]["in_process"] = in_process(ours, *plans[TARGET_SIZE])
 
-        orthanc: dict[str, Any] = {}
-        orthanc_load: dict[str, LoadResult] = {}
-        if ORTHANC.exists():
-            log("orthanc: start and upload")
-            proc, port = start_orthanc(tmp / "orthanc")
-            procs.append(proc)
-            version = json.loads(get(port, "/system").body).get("Version")
-            orthanc.update({"version": version, "upload_s": {}})
-            by_sop: dict[str, str] = {}
-            for size in (FIRST_SIZE, *SIZES):
-                if size not in orthanc["upload_s"]:
-                    found, upload_s = upload_orthanc(port, inputs[size])
-                    by_sop.update(found)
-                    orthanc["upload_s"][size] = round(upload_s, 3)
-            orthanc_plans = {size: ([by_sop[s["sop_uid"]] for s in slices], window)
-                             for size, (slices, window) in plans.items()}
+        if orthanc_proc is not None:
             ids, window = orthanc_plans[FIRST_SIZE]
             orthanc["probe"] = probe_orthanc(port, ids[len(ids) // 2], window)
             if DICOMWEB_PLUGIN.exists():
@@ -580,13 +593,14 @@ def run() -> tuple[list[Metric], dict[str, Any]]:
                 size: single_png(port, orthanc_rendered_path(ids[len(ids) // 2], window),
                                  {"Accept": "image/png"})
                 for size, (ids, window) in orthanc_plans.items()}
-            orthanc_load = load_orthanc(port, proc.pid, orthanc_plans, tmp)
             orthanc["load"] = {k: v.as_dict() for k, v in orthanc_load.items()}
-            orthanc["VmHWM_MiB"] = round((proc_status_kb(proc.pid, "VmHWM") or 0) / 1024, 1)
-            stop_process(proc)
-            procs.remove(proc)
-        else:
-            orthanc["skipped"] = f"{ORTHANC} not found"
+            orthanc["VmHWM_MiB"] = round(
+                (proc_status_kb(orthanc_proc.pid, "VmHWM") or 0) / 1024, 1)
+            stop_process(orthanc_proc)
+            procs.remove(orthanc_proc)
+
+        log("ours: in-process requests (no HTTP)")
+        details["ours"]["in_process"] = in_process(ours, *plans[TARGET_SIZE])
         details["orthanc"] = orthanc
         details["noise"] = {
             "other_cores_flagged_above": NOISY_CORES, "retries": RETRY.retries,
