@@ -127,6 +127,22 @@ def test_every_route_hides_other_patients_data(app: Flask, client: FlaskClient,
     assert all(r.study_uid == bob["study"] and r.actor == "alice" for r in refused)
 
 
+def test_a_patient_renders_their_own_images_only(client: FlaskClient,
+                                                 two_patients: dict) -> None:  # type: ignore[type-arg]
+    totp, alice = two_patients["alice"]
+    _, bob = two_patients["bob"]
+    assert sign_in(client, "alice", totp.now()).status_code == 201
+
+    def frame(ids: dict[str, str]) -> str:
+        return (f"/dicom-web/studies/{ids['study']}/series/{ids['series']}"
+                f"/instances/{ids['sop']}/frames/1/rendered")
+
+    assert client.get(frame(alice)).status_code == 200
+    assert client.get(frame(bob)).status_code == 404
+    assert client.get(frame({**alice, "sop": bob["sop"]})).status_code == 404
+    assert client.get(frame({**bob, "sop": alice["sop"]})).status_code == 404
+
+
 def test_replayed_code_and_wrong_factors_get_one_answer(client: FlaskClient, services: Services,
                                                         two_patients: dict) -> None:  # type: ignore[type-arg]
     totp, _ = two_patients["alice"]

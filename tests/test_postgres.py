@@ -32,6 +32,7 @@ from viewer.config import load_config
 from viewer.db import Frame, Instance, Patient, Series, Study
 
 from .conftest import ROOT, make_env
+from .test_accounts import make_patient, sign_in
 
 GE_FILES = 130  # DICOM files in corpus/ge-t1-mprage (it also holds a LICENSE)
 # The hand-made files below break VR lengths on purpose.
@@ -234,6 +235,22 @@ def test_qido_search_and_a_rendered_frame(apps: dict[str, Flask], corpus: Path) 
     )
     assert frame.status_code == 200 and frame.mimetype == "image/jpeg"
     assert len(frame.data) > 1000
+
+
+def test_a_patient_renders_their_own_images_and_no_one_elses(
+    apps: dict[str, Flask], corpus: Path
+) -> None:
+    application = apps["postgresql"]
+    services = application.extensions["viewer"]
+    first = pydicom.dcmread(next((corpus / "ge-t1-mprage").glob("*.MRDC.*")))
+    url = (f"/dicom-web/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
+           f"/instances/{first.SOPInstanceUID}/frames/1/rendered")
+    for username, patient_id, status in (("owner", first.PatientID, 200),
+                                         ("stranger", "SOMEONE-ELSE", 404)):
+        client = application.test_client()
+        totp = make_patient(services, username, patient_id)
+        assert sign_in(client, username, totp.now()).status_code == 201
+        assert client.get(url).status_code == status, username
 
 
 def test_two_processes_importing_the_same_folder_index_each_instance_once(

@@ -294,7 +294,7 @@ def _embed_guard() -> Response | None:
     its portal is not revoked (401)."""
     if request.endpoint is None or request.endpoint in EMBED_ENDPOINTS:
         return None
-    if request.endpoint.startswith("embed."):
+    if request.endpoint.startswith("embed.") or not websessions.named():
         return None
     db = _services().db()
     current = websessions.load(db)

@@ -345,7 +345,7 @@ def submit_code(token: str) -> Response:
 
 def _share_guard() -> Response | None:
     """A share session reaches its study's pages, images and files, and nothing else."""
-    if request.endpoint is None or request.endpoint == "static":
+    if request.endpoint is None or request.endpoint == "static" or not websessions.named():
         return None
     services = _services()
     current = websessions.load(services.db())

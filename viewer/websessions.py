@@ -139,6 +139,12 @@ def _current(row: WebSession, from_header: bool = False) -> Current:
                    row.portal_pk, uids, from_header)
 
 
+def named() -> bool:
+    """Whether this request names a session at all (header or cookie): if not, the guards
+    that look a session up have nothing to do, and no database session is opened."""
+    return bool(_request_token()[0])
+
+
 def _request_token() -> tuple[str | None, bool]:
     """The session id of this request and whether it came in SESSION_HEADER."""
     header = request.headers.get(SESSION_HEADER)
