@@ -302,22 +302,20 @@ def cmd_demo(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_REPORT = """EXAMINATION: MRI of the brain without contrast.
-
-CLINICAL INDICATION: Headaches for three months.
-
-TECHNIQUE: Axial T1-weighted, axial T2-weighted and sagittal T1-weighted images.
-
-FINDINGS:
-The ventricles and sulci are normal in size and shape for age. No mass, no mass effect
-and no midline shift. The grey-white matter differentiation is preserved. No abnormal
-signal in the white matter. The posterior fossa, brainstem and cerebellum are normal.
-The orbits and the visible paranasal sinuses are clear.
-
-IMPRESSION:
-Normal MRI of the brain.
-
-(This is a demonstration report for synthetic images made by this software.)"""
+# Paragraphs are single lines: the page wraps them to the width of the report column.
+DEMO_REPORT = (
+    "EXAMINATION: MRI of the brain without contrast.\n\n"
+    "CLINICAL INDICATION: Headaches for three months.\n\n"
+    "TECHNIQUE: Axial T1-weighted, axial T2-weighted and sagittal T1-weighted images.\n\n"
+    "FINDINGS:\n"
+    "The ventricles and sulci are normal in size and shape for age. No mass, no mass effect "
+    "and no midline shift. The grey-white matter differentiation is preserved. No abnormal "
+    "signal in the white matter. The posterior fossa, brainstem and cerebellum are normal. "
+    "The orbits and the visible paranasal sinuses are clear.\n\n"
+    "IMPRESSION:\n"
+    "Normal MRI of the brain.\n\n"
+    "(This is a demonstration report for synthetic images made by this software.)"
+)
 
 
 def _demo_report(services: Services, study_uid: str) -> None:

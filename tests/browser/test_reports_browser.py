@@ -104,8 +104,16 @@ def test_report_on_the_study_page(browser: Any, site: dict[str, Any]) -> None:
     expect(report.locator(".report-text")).to_contain_text("IMPRESSION:")
     expect(report.locator(".report-timeline")).to_contain_text("Report signed 21 Jan 10:32")
     expect(report.locator(".report-timeline")).to_contain_text("Available to you")
-    assert report.bounding_box()["y"] < page.locator("#viewer").bounding_box()["y"]  # type: ignore[index]
+    # A wide screen: the report beside the images, which keep the window's height.
+    beside, viewer = report.bounding_box(), page.locator("#viewer").bounding_box()
+    assert beside is not None and viewer is not None
+    assert beside["x"] >= viewer["x"] + viewer["width"] - 1
+    assert viewer["height"] >= 800 * 0.8
     page.screenshot(path=str(ARTIFACTS / "report-desktop.png"))
+    report.locator(".report-summary").click()  # closed: a bar above the images again
+    assert report.bounding_box()["y"] < page.locator("#viewer").bounding_box()["y"]  # type: ignore[index]
+    assert page.locator("#viewer").bounding_box()["width"] >= 1280 - 1  # type: ignore[index]
+    report.locator(".report-summary").click()
 
     # The patient holds the report with the page's own form (no script), then releases it.
     report.locator(".report-hold-form > summary").click()
