@@ -123,7 +123,7 @@ def current_principal() -> Principal | None:
         services = current_app.extensions["viewer"]
         principal = _bearer(services)
         if principal is None:
-            current = websessions.load(services.db())
+            current = websessions.load()
             if current is not None:
                 principal = Principal(
                     "session", current.name, current.role, current.user_pk, current.share_pk,

@@ -294,12 +294,12 @@ def _embed_guard() -> Response | None:
     its portal is not revoked (401)."""
     if request.endpoint is None or request.endpoint in EMBED_ENDPOINTS:
         return None
-    if request.endpoint.startswith("embed.") or not websessions.named():
+    if request.endpoint.startswith("embed."):
         return None
-    db = _services().db()
-    current = websessions.load(db)
+    current = websessions.load()
     if current is None or current.role != "embed":
         return None
+    db = _services().db()
     portal = db.get(Portal, current.portal_pk) if current.portal_pk is not None else None
     if portal is None or portal.revoked_at is not None:
         # Revoking a portal ends its sessions: the frame says so and tells the portal.
@@ -317,7 +317,7 @@ def _frame_origins() -> list[str]:
     db = _services().db()
     portal_pk = (request.view_args or {}).get("portal_id")
     if portal_pk is None:
-        current = websessions.load(db)
+        current = websessions.load()
         if current is None or current.role != "embed":
             return []
         portal_pk = current.portal_pk

@@ -283,7 +283,7 @@ def _start(share: Share) -> Response:
     """A new share session for this link; the address no longer carries the token."""
     services = _services()
     db = services.db()
-    previous = websessions.load(db)
+    previous = websessions.load()
     if previous is not None:
         websessions.end(db, previous)
     token, _current = websessions.start(db, user_pk=None, name=f"share:{share.id}",
@@ -345,15 +345,14 @@ def submit_code(token: str) -> Response:
 
 def _share_guard() -> Response | None:
     """A share session reaches its study's pages, images and files, and nothing else."""
-    if request.endpoint is None or request.endpoint == "static" or not websessions.named():
+    if request.endpoint is None or request.endpoint == "static":
         return None
-    services = _services()
-    current = websessions.load(services.db())
+    current = websessions.load()
     if current is None or current.role != "share":
         return None
     if request.endpoint in SHARE_ENDPOINTS:
         return None
-    share = services.db().get(Share, current.share_pk) if current.share_pk else None
+    share = _services().db().get(Share, current.share_pk) if current.share_pk else None
     if share is None or state(share) != "active":
         if request.endpoint.startswith("pages."):
             _use(share, "refused: " + (state(share) if share is not None else "unknown link"))
@@ -368,7 +367,7 @@ def _share_guard() -> Response | None:
 
 
 def is_share_session() -> bool:
-    current = websessions.load(_services().db())
+    current = websessions.load()
     return current is not None and current.role == "share"
 
 

@@ -115,7 +115,7 @@ def api_signin() -> Response:
 
 def _sign_out() -> None:
     services = _services()
-    current = websessions.load(services.db())
+    current = websessions.load()
     if current is not None:
         websessions.end(services.db(), current)
         audit.record(services.sessions, "logout", user_pk=current.user_pk, actor=current.name)
@@ -170,13 +170,13 @@ def _csrf_guard() -> None:
         abort(403, description="cross-site request refused")
     if request.endpoint == "embed.session":
         return
-    current = websessions.load(_services().db())
+    current = websessions.load()
     if current is not None and not current.from_header and not websessions.csrf_ok(current):
         abort(403, description="missing or wrong CSRF token; reload the page and try again")
 
 
 def _csrf_token() -> str:
-    current = websessions.load(_services().db())
+    current = websessions.load()
     return current.csrf_token if current is not None else ""
 
 

@@ -139,12 +139,6 @@ def _current(row: WebSession, from_header: bool = False) -> Current:
                    row.portal_pk, uids, from_header)
 
 
-def named() -> bool:
-    """Whether this request names a session at all (header or cookie): if not, the guards
-    that look a session up have nothing to do, and no database session is opened."""
-    return bool(_request_token()[0])
-
-
 def _request_token() -> tuple[str | None, bool]:
     """The session id of this request and whether it came in SESSION_HEADER."""
     header = request.headers.get(SESSION_HEADER)
@@ -164,14 +158,18 @@ def clear_cookie(response: Response) -> None:
                                httponly=True, samesite="None", partitioned=True)
 
 
-def load(db: Session) -> Current | None:
-    """The valid session named by this request's session header or cookie, or None."""
+def load() -> Current | None:
+    """The valid session named by this request's session header or cookie, or None.
+
+    The request's database session is opened only when the request names a session.
+    """
     if "web_session" in g:
         return g.web_session
     current = None
     token, from_header = _request_token()
     if token:
-        config = current_app.extensions["viewer"].config
+        services = current_app.extensions["viewer"]
+        config, db = services.config, services.db()
         row = db.scalars(select(WebSession).filter_by(token_hash=_hash(token))).first()
         now = utcnow()
         idle = timedelta(minutes=config.session_idle_minutes)
