@@ -1,0 +1,171 @@
+"""End-to-end in the other two engines: Gecko (Firefox ESR) and WebKit (Safari's engine).
+
+The Chromium tests (test_viewer_browser.py) cover every control; these check that
+the same viewer works where Firefox and Safari users meet it: sign in with a
+one-time link, open the real GE brain series, wheel through slices, drag the
+window/level with the right button, use the keyboard, and lay out on a phone-wide
+window, with no JavaScript errors. Drivers and set-up: tests/engines.py.
+
+WebKitGTK's MiniBrowser is not Safari, but it is the same engine (WebCore and
+JavaScriptCore), which is what decides whether the page works.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests import engines
+from tests.conftest import corpus_dir
+from tests.liveserver import LiveServer, live_server
+
+pytestmark = [
+    pytest.mark.browser,
+    # Selenium's own WebKitGTK driver still passes this deprecated argument.
+    pytest.mark.filterwarnings("ignore:setting remote_server_addr:DeprecationWarning"),
+]
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored
+VIEWPORT = "document.getElementById('viewport')"
+STATE = f"{VIEWPORT}.dataset"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with live_server(tmp_path_factory.mktemp("engines-data"),
+                     [corpus_dir() / "ge-t1-mprage"]) as srv:
+        yield srv
+
+
+def _missing(what: str, install: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is not installed ({install})")
+    pytest.skip(f"{what} is not installed ({install})")
+
+
+@contextmanager
+def browser(name: str, width: int, height: int) -> Iterator[engines.Engine]:
+    """A fresh browser of engine ``name`` whose page is ``width`` x ``height`` CSS pixels."""
+    if name == "firefox":
+        executable = engines.firefox_path()
+        if executable is None:
+            _missing("Firefox", "apt-get install firefox-esr; or set VIEWER_TEST_FIREFOX")
+        with engines.firefox(executable, width, height) as engine:
+            yield engine
+    else:
+        paths = engines.webkit_paths()
+        if paths is None:
+            _missing("WebKitWebDriver", "apt-get install webkit2gtk-driver xvfb")
+        with engines.webkit(*paths, width, height) as engine:
+            yield engine
+
+
+ENGINES = pytest.mark.parametrize("name", ["firefox", "webkit"])
+
+
+def open_study(engine: engines.Engine, server: LiveServer) -> None:
+    """Sign in with a one-time link, then open the GE study from the studies list."""
+    engine.goto(server.login_link())
+    href = engine.wait_for(
+        "[...document.querySelectorAll('.study-link')]"
+        ".filter((a) => a.textContent.includes('ID dicom')).map((a) => a.href)[0]"
+    )
+    engine.goto(href)
+    engine.wait_for(f"{STATE}.state === 'ready'")
+
+
+CANVAS = "document.getElementById('viewport-canvas').toDataURL('image/png')"
+
+
+def remember_canvas(engine: engines.Engine) -> None:
+    """Keep the canvas's pixels in the page, for ``wait_canvas_change``."""
+    engine.evaluate(f"window.__canvasBefore = {CANVAS}")
+
+
+def wait_canvas_change(engine: engines.Engine) -> None:
+    engine.wait_for(f"{CANVAS} !== window.__canvasBefore")
+
+
+@ENGINES
+def test_viewer_on_the_desktop(name: str, server: LiveServer) -> None:
+    with browser(name, 1280, 800) as engine:
+        desktop_session(engine, server)
+
+
+def desktop_session(engine: engines.Engine, server: LiveServer) -> None:
+    open_study(engine, server)
+    assert engine.evaluate(f"{STATE}.sliceCount") == "130"
+    assert engine.evaluate("document.querySelector('.series-item img').complete")
+    start = int(engine.evaluate(f"{STATE}.sliceIndex"))
+    remember_canvas(engine)
+    x, y = engine.centre_of("#viewport")
+    for _ in range(10):
+        engine.wheel(x, y, 100)
+    engine.wait_for(f"{STATE}.sliceIndex === '{start + 10}' && {STATE}.state === 'ready'")
+    wait_canvas_change(engine)
+    assert engine.evaluate("document.getElementById('ov-slice').textContent") == (
+        f"Slice {start + 11} / 130")
+
+    width = float(engine.evaluate(f"{STATE}.windowWidth"))
+    center = float(engine.evaluate(f"{STATE}.windowCenter"))
+    remember_canvas(engine)
+    engine.drag(x, y, 120, -60, button=2)
+    engine.wait_for(f"Number({STATE}.windowWidth) > {width} && {STATE}.state === 'ready'")
+    assert float(engine.evaluate(f"{STATE}.windowCenter")) < center, "up lowers the centre"
+    wait_canvas_change(engine)
+    assert engine.evaluate("document.getElementById('wl-preset').value") == "custom"
+
+    engine.evaluate(f"{VIEWPORT}.focus()")
+    engine.press("\ue010")  # End
+    engine.wait_for(f"{STATE}.sliceIndex === '129'")
+    engine.press("\ue011")  # Home
+    engine.wait_for(f"{STATE}.sliceIndex === '0' && {STATE}.state === 'ready'")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    engine.screenshot(ARTIFACTS / f"{engine.name}-desktop.png")
+    assert engine.errors() == []
+
+
+@ENGINES
+def test_viewer_on_a_phone_wide_window(name: str, server: LiveServer) -> None:
+    with browser(name, 390, 844) as engine:
+        phone_session(engine, server)
+
+
+def phone_session(engine: engines.Engine, server: LiveServer) -> None:
+    open_study(engine, server)
+    assert engine.evaluate("innerWidth") == 390
+    assert engine.evaluate("document.documentElement.scrollWidth") <= 390
+    viewport = engine.box("#viewport")
+    assert viewport["width"] >= 360 and viewport["height"] >= 300, viewport
+    # Drag the slider's thumb (at the middle slice) a third of the track to the left.
+    start = int(engine.evaluate(f"{STATE}.sliceIndex"))
+    slider = engine.box("#slice-slider")
+    thumb_x = slider["x"] + slider["width"] * start / 129
+    remember_canvas(engine)
+    engine.drag(thumb_x, slider["y"] + slider["height"] / 2, -slider["width"] / 3, 0)
+    engine.wait_for(f"Number({STATE}.sliceIndex) < {start - 30} && {STATE}.state === 'ready'")
+    wait_canvas_change(engine)
+    dragged = int(engine.evaluate(f"{STATE}.sliceIndex"))
+    engine.click(*engine.centre_of("[data-action=next]"))
+    engine.wait_for(f"{STATE}.sliceIndex === '{dragged + 1}' && {STATE}.state === 'ready'")
+    assert engine.evaluate("document.getElementById('slice-output').textContent") == (
+        f"{dragged + 2} / 130")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    engine.screenshot(ARTIFACTS / f"{engine.name}-phone.png")
+    assert engine.errors() == []
+
+
+@ENGINES
+def test_page_errors_are_reported(name: str, server: LiveServer) -> None:
+    """The clean-console checks above can fail: a planted error is seen."""
+    with browser(name, 800, 600) as engine:
+        engine.goto(server.base + "/signin")
+        engine.evaluate("(setTimeout(() => { throw new Error('planted'); }),"
+                        " console.error('planted too'))")
+        engine.wait_for("new Promise((done) => setTimeout(() => done(true), 100))")
+        problems = "\n".join(engine.errors())
+        assert "planted" in problems and "planted too" in problems, problems
