@@ -102,6 +102,10 @@ class Engine(ABC):
                                   *moves,
                                   {"type": "pointerUp", "button": button}]})
 
+    def hover(self, x: float, y: float) -> None:
+        self.perform({"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+                      "actions": [{"type": "pointerMove", "x": round(x), "y": round(y)}]})
+
     def click(self, x: float, y: float) -> None:
         self.drag(x, y, 0, 0, steps=0)
 
@@ -184,8 +188,38 @@ class Firefox(Engine):
         return _bidi_value(result["result"])
 
     def perform(self, *sources: dict[str, Any]) -> None:
-        self._send("input.performActions", context=self._context, actions=list(sources))
-        self._send("input.releaseActions", context=self._context)
+        context, shift = self._frame_under(sources)
+        moved = [
+            {**source, "actions": [
+                {**a, "x": a["x"] - shift[0], "y": a["y"] - shift[1]} if "x" in a else a
+                for a in source["actions"]]}
+            for source in sources
+        ]
+        self._send("input.performActions", context=context, actions=moved)
+        self._send("input.releaseActions", context=context)
+
+    def _frame_under(self, sources: tuple[dict[str, Any], ...]) -> tuple[str, tuple[int, int]]:
+        """The browsing context for pointer input that starts at a point, and its offset.
+
+        Firefox dispatches synthesized input in the page's own process, so it never
+        reaches a frame of another site (another process), as a person's input does;
+        input that starts over such a frame goes to the frame's context instead,
+        with coordinates inside it.
+        """
+        start = next((a for source in sources for a in source["actions"] if "x" in a), None)
+        if start is None:
+            return self._context, (0, 0)
+        under = self._send(
+            "script.evaluate", awaitPromise=False, target={"context": self._context},
+            expression=f"(() => {{ const e = document.elementFromPoint({start['x']}, "
+                       f"{start['y']}); if (!e || e.tagName !== 'IFRAME') return null;"
+                       " const r = e.getBoundingClientRect();"
+                       " return [e.contentWindow, r.x + e.clientLeft, r.y + e.clientTop]; })()",
+        )["result"]
+        if under["type"] != "array":
+            return self._context, (0, 0)
+        window, left, top = under["value"]
+        return window["value"]["context"], (round(left["value"]), round(top["value"]))
 
     def screenshot(self, path: Path) -> None:
         data = self._send("browsingContext.captureScreenshot", context=self._context)["data"]
@@ -310,6 +344,7 @@ def webkit(driver_path: str, browser_path: str, width: int, height: int) -> Iter
         options.binary_location = browser_path
         options.add_argument("--automation")
         options.add_argument("--full-screen")
+        options.add_argument("--cookies-policy=no-third-party")  # as Safari: no cross-site cookies
         service = Service(executable_path=driver_path, env={**os.environ, "DISPLAY": display})
         driver = webdriver.WebKitGTK(options=options, service=service)
         try:

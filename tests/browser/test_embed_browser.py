@@ -150,15 +150,20 @@ def open_portal(browser: Any, base: str, prepare: Any = None,
     return context, page, problems
 
 
-def events(page: Any) -> list[dict[str, Any]]:
-    """The viewer's events as the portal's page logged them (oldest first)."""
-    lines = page.locator("#events li").all_inner_texts()
+def parse_events(lines: list[str]) -> list[dict[str, Any]]:
+    """The viewer's events in the portal's log lines (newest first), oldest first; the
+    portal's own commands ("→ …") left out."""
     found = []
     for line in reversed(lines):
         name, _, detail = line.partition(" ")
         if not name.startswith("→"):
             found.append({"type": name, **json.loads(detail)})
     return found
+
+
+def events(page: Any) -> list[dict[str, Any]]:
+    """The viewer's events as the portal's page logged them (oldest first)."""
+    return parse_events(page.locator("#events li").all_inner_texts())
 
 
 def wait_event(page: Any, kind: str, **match: Any) -> dict[str, Any]:

@@ -4,7 +4,9 @@ The Chromium tests (test_viewer_browser.py) cover every control; these check tha
 the same viewer works where Firefox and Safari users meet it: sign in with a
 one-time link, open the real GE brain series, wheel through slices, drag the
 window/level with the right button, use the keyboard, and lay out on a phone-wide
-window, with no JavaScript errors. Drivers and set-up: tests/engines.py.
+window, with no JavaScript errors; and the viewer embedded in a portal of another site,
+where WebKit (like Safari) refuses third-party cookies. Drivers and set-up:
+tests/engines.py.
 
 WebKitGTK's MiniBrowser is not Safari, but it is the same engine (WebCore and
 JavaScriptCore), which is what decides whether the page works.
@@ -13,11 +15,14 @@ JavaScriptCore), which is what decides whether the page works.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from test_embed_browser import Sites, parse_events
+from test_embed_browser import sites as sites  # the fixture: the viewer and a portal
 
 from tests import engines
 from tests.conftest import corpus_dir
@@ -169,3 +174,52 @@ def test_page_errors_are_reported(name: str, server: LiveServer) -> None:
         engine.wait_for("new Promise((done) => setTimeout(() => done(true), 100))")
         problems = "\n".join(engine.errors())
         assert "planted" in problems and "planted too" in problems, problems
+
+
+def portal_events(engine: engines.Engine) -> list[dict]:
+    return parse_events(engine.evaluate(
+        "[...document.querySelectorAll('#events li')].map((li) => li.textContent)"))
+
+
+def wait_event(engine: engines.Engine, kind: str, **match: object) -> dict:
+    """The first event of that type the portal logged whose fields match, waiting for it."""
+    found: list[dict] = []
+
+    def seen() -> bool:
+        found[:] = [e for e in portal_events(engine)
+                    if e["type"] == kind and all(e.get(k) == v for k, v in match.items())]
+        return bool(found)
+
+    deadline = time.monotonic() + 20
+    while not seen():
+        assert time.monotonic() < deadline, f"no {kind} {match}: {portal_events(engine)}"
+        time.sleep(0.1)  # poll interval
+    return found[0]
+
+
+@ENGINES
+def test_embedded_in_a_portal_on_another_site(name: str, sites: Sites) -> None:
+    """The viewer in a portal's iframe, another site: WebKit blocks third-party cookies
+    (as Safari does), Firefox partitions them; the session must work either way."""
+    with browser(name, 1200, 1000) as engine:
+        engine.goto(sites.portal + "/")
+        engine.evaluate("(document.getElementById('password').value = 'anything',"
+                        " document.querySelector('button[type=submit]').click())")
+        ready = wait_event(engine, "ready")
+        assert [s["description"] for s in ready["studies"]] == ["MRI Brain without contrast"]
+        series = wait_event(engine, "seriesChanged")
+        start = wait_event(engine, "sliceChanged")["index"]
+        assert start == (series["count"] - 1) // 2
+        # A person scrolls inside the frame; the portal hears of every slice.
+        x, y = engine.centre_of("#viewer-frame")
+        engine.hover(x, y)
+        for _ in range(3):
+            engine.wheel(x, y, 100)
+        wait_event(engine, "sliceChanged", index=start + 3)
+        # The portal's commands drive the viewer.
+        engine.evaluate("(document.getElementById('slice-index').value = '2',"
+                        " document.querySelector('[data-command=setSlice]').click())")
+        wait_event(engine, "sliceChanged", index=2)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        engine.screenshot(ARTIFACTS / f"{engine.name}-embed.png")
+        assert engine.errors() == []
