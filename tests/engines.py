@@ -7,13 +7,14 @@ for the other two engines, so these use the W3C protocols each engine speaks its
   WebSocket (``--remote-debugging-port``); no geckodriver is needed.
 * WebKitGTK (Debian ``webkit2gtk-driver``: ``WebKitWebDriver`` and the
   ``MiniBrowser`` it drives) speaks classic WebDriver, through Selenium. It needs
-  an X display, so the fixture starts Xvfb (Debian ``xvfb``).
+  an X display: each browser gets its own Xvfb screen of the page's size, where a
+  small window manager (``matchbox-window-manager``) lets MiniBrowser go full screen.
 
-Both give the tests the same small interface (``Engine``): go to a URL, evaluate
-JavaScript, wheel, drag, press keys and take a screenshot (each opened at a given
-viewport size). JavaScript
-errors are collected where the engine reports them (Firefox: ``log.entryAdded``;
-WebKit's classic WebDriver has no log, so a page's own error handler records them).
+Both give the tests the same small interface (``Engine``), each opened at a given
+viewport size: go to a URL, evaluate JavaScript, hover, click, wheel, drag, press
+keys and take a screenshot. JavaScript errors are collected where the engine reports
+them (Firefox: ``log.entryAdded``; WebKit's classic WebDriver has no log, so a page's
+own error handler records them).
 """
 
 from __future__ import annotations
@@ -147,8 +148,7 @@ class Firefox(Engine):
         self._socket = socket
         self._ids = itertools.count(1)
         self._errors: list[str] = []
-        self.version = self._send("session.new", capabilities={})["capabilities"][
-            "browserVersion"]
+        self._send("session.new", capabilities={})
         self._send("session.subscribe", events=["log.entryAdded"])
         self._context = self._send("browsingContext.getTree")["contexts"][0]["context"]
 
@@ -251,7 +251,6 @@ class WebKit(Engine):
 
     def __init__(self, driver: Any) -> None:
         self._driver = driver
-        self.version = driver.capabilities.get("browserVersion", "")
 
     def goto(self, url: str) -> None:
         self._driver.get(url)
