@@ -71,6 +71,9 @@ def test_share_create_open_and_see_only_that_study(app: Flask, services: Service
     html = page.get_data(as_text=True)
     assert 'id="share-button"' not in html and 'id="download-study"' not in html
     assert "Who viewed my images" not in html
+    # Not the recipient's own report: no "Your report" (the study has none yet).
+    assert "The report will appear here" in html and "Your report" not in html
+    assert "Your report will appear" in alice["client"].get(study_page).get_data(as_text=True)
     assert recipient.get(f"/api/studies/{alice['study']['study']}").status_code == 200
     ids = alice["study"]
     frame = (f"/dicom-web/studies/{ids['study']}/series/{ids['series']}/instances/"

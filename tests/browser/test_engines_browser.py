@@ -14,8 +14,10 @@ JavaScriptCore), which is what decides whether the page works.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -222,4 +224,35 @@ def test_embedded_in_a_portal_on_another_site(name: str, sites: Sites) -> None:
         wait_event(engine, "sliceChanged", index=2)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         engine.screenshot(ARTIFACTS / f"{engine.name}-embed.png")
+        assert engine.errors() == []
+
+
+def create_share(server: LiveServer) -> dict:
+    """A share link with an access code for the study, as the share dialog makes one."""
+    auth = {"Authorization": f"Bearer {server.token()}"}
+    listing = urllib.request.Request(f"{server.base}/api/studies", headers=auth)
+    with urllib.request.urlopen(listing, timeout=10) as answer:
+        study_uid = json.load(answer)["studies"][0]["study_uid"]
+    request = urllib.request.Request(
+        f"{server.base}/api/studies/{study_uid}/shares", method="POST",
+        data=json.dumps({"expires_in_hours": 24, "access_code": True}).encode(),
+        headers={**auth, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
+
+
+@ENGINES
+def test_share_link_opened_on_a_phone(name: str, server: LiveServer) -> None:
+    """Someone the patient sent a link to opens it on their phone and types the code."""
+    share = create_share(server)
+    with browser(name, 390, 844) as engine:
+        engine.goto(share["url"])
+        engine.wait_for("document.getElementById('code') !== null")
+        engine.evaluate(f"(document.getElementById('code').value = {json.dumps(share['code'])},"
+                        " document.querySelector('form button[type=submit]').click())")
+        engine.wait_for(f"document.getElementById('viewport') && {STATE}.state === 'ready'")
+        assert engine.evaluate(f"{STATE}.sliceCount") == "130"
+        assert engine.evaluate("document.documentElement.scrollWidth") <= 390
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        engine.screenshot(ARTIFACTS / f"{engine.name}-share.png")
         assert engine.errors() == []
