@@ -12,7 +12,7 @@ for the other two engines, so these use the W3C protocols each engine speaks its
 
 Both give the tests the same small interface (``Engine``), each opened at a given
 viewport size: go to a URL, evaluate JavaScript, hover, click, wheel, drag, press
-keys and take a screenshot. JavaScript errors are collected where the engine reports
+keys, type and take a screenshot. JavaScript errors are collected where the engine reports
 them (Firefox: ``log.entryAdded``; WebKit's classic WebDriver has no log, so a page's
 own error handler records them).
 """
@@ -114,6 +114,11 @@ class Engine(ABC):
         """Press and release one key, given as its WebDriver key value."""
         self.perform({"type": "key", "id": "keyboard", "actions": [
             {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]})
+
+    def type(self, text: str) -> None:
+        """Type ``text`` into the focused element, key by key."""
+        keys = [{"type": kind, "value": char} for char in text for kind in ("keyDown", "keyUp")]
+        self.perform({"type": "key", "id": "keyboard", "actions": keys})
 
     def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
         """Poll until the expression is truthy; its value (fails after ``timeout`` s)."""
