@@ -11,8 +11,8 @@ for the other two engines, so these use the W3C protocols each engine speaks its
   small window manager (``matchbox-window-manager``) lets MiniBrowser go full screen.
 
 Both give the tests the same small interface (``Engine``), each opened at a given
-viewport size: go to a URL, evaluate JavaScript, hover, click, wheel, drag, press
-keys, type and take a screenshot. JavaScript errors are collected where the engine reports
+viewport size: go to a URL, evaluate JavaScript, hover, click, wheel, drag, touch,
+press keys, type and take a screenshot. JavaScript errors are collected where the engine reports
 them (Firefox: ``log.entryAdded``; WebKit's classic WebDriver has no log, so a page's
 own error handler records them).
 """
@@ -92,23 +92,28 @@ class Engine(ABC):
     def drag(self, x: float, y: float, dx: float, dy: float, button: int = 0,
              steps: int = 10) -> None:
         """Press ``button`` at (x, y), move by (dx, dy) in ``steps`` moves, release."""
-        moves = [
-            {"type": "pointerMove", "x": round(x + dx * i / steps),
-             "y": round(y + dy * i / steps), "duration": 16}
-            for i in range(1, steps + 1)
-        ]
-        self.perform({"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
-                      "actions": [{"type": "pointerMove", "x": round(x), "y": round(y)},
-                                  {"type": "pointerDown", "button": button},
-                                  *moves,
-                                  {"type": "pointerUp", "button": button}]})
+        path = [(x + dx * i / steps, y + dy * i / steps) for i in range(steps + 1)]
+        self._pointer("mouse", path, button)
+
+    def click(self, x: float, y: float) -> None:
+        self._pointer("mouse", [(x, y)])
+
+    def touch(self, path: list[tuple[float, float]]) -> None:
+        """One finger down at the first point of ``path``, moved through the rest, lifted."""
+        self._pointer("touch", path)
 
     def hover(self, x: float, y: float) -> None:
         self.perform({"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
                       "actions": [{"type": "pointerMove", "x": round(x), "y": round(y)}]})
 
-    def click(self, x: float, y: float) -> None:
-        self.drag(x, y, 0, 0, steps=0)
+    def _pointer(self, kind: str, path: list[tuple[float, float]], button: int = 0) -> None:
+        (x0, y0), rest = path[0], path[1:]
+        self.perform({"type": "pointer", "id": kind, "parameters": {"pointerType": kind},
+                      "actions": [{"type": "pointerMove", "x": round(x0), "y": round(y0)},
+                                  {"type": "pointerDown", "button": button},
+                                  *({"type": "pointerMove", "x": round(x), "y": round(y),
+                                     "duration": 16} for x, y in rest),
+                                  {"type": "pointerUp", "button": button}]})
 
     def press(self, key: str) -> None:
         """Press and release one key, given as its WebDriver key value."""
