@@ -208,7 +208,7 @@ def test_qido_matching_paging_and_errors(client: FlaskClient, auth: dict[str, st
 # --- WADO-RS retrieve --------------------------------------------------------------------
 
 
-def test_retrieve_instance_series_and_study_are_the_stored_bytes(
+def test_retrieve_instance_series_and_study_as_stored(
         client: FlaskClient, auth: dict[str, str], corpus_files: dict[str, Path]) -> None:
     ge = ids(corpus_files["ge0"])
     one = client.get(instance_path(ge), headers={**auth, "Accept": MULTIPART_DICOM})
@@ -232,15 +232,91 @@ def test_retrieve_instance_series_and_study_are_the_stored_bytes(
 
     j2k = ids(corpus_files["j2k"])
     other_syntax = client.get(instance_path(j2k), headers={
-        **auth, "Accept": MULTIPART_DICOM + "; transfer-syntax=1.2.840.10008.1.2.1"})
+        **auth, "Accept": MULTIPART_DICOM + "; transfer-syntax=1.2.840.10008.1.2.4.50"})
     assert other_syntax.status_code == 406 and "1.2.840.10008.1.2.4.90" in \
         other_syntax.get_json()["error"]
-    same_syntax = client.get(instance_path(j2k), headers={
-        **auth, "Accept": MULTIPART_DICOM + "; transfer-syntax=1.2.840.10008.1.2.4.90"})
-    assert parts(same_syntax)[0][1] == corpus_files["j2k"].read_bytes()
+    for stored in ("1.2.840.10008.1.2.4.90", "*"):
+        same_syntax = client.get(instance_path(j2k), headers={
+            **auth, "Accept": f"{MULTIPART_DICOM}; transfer-syntax={stored}"})
+        [(headers, data)] = parts(same_syntax)
+        assert data == corpus_files["j2k"].read_bytes()
+        assert headers["Content-Type"] == (
+            "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90")
     assert client.get(instance_path(ge), headers={**auth, "Accept": "image/png"}
                       ).status_code == 406
     assert client.get(f"{BASE}/studies/1.2.3", headers=auth).status_code == 404
+
+
+def test_retrieve_sends_explicit_little_endian_by_default(
+        client: FlaskClient, auth: dict[str, str], services: Services, corpus: Path) -> None:
+    """PS3.18: no transfer-syntax means Explicit VR Little Endian. Every syntax of the
+    corpus slice comes out so (same pixels, same SOP Instance UID), but big endian, which
+    is sent as stored; asking for Explicit VR Little Endian by name then is a 406."""
+    files = sorted((corpus / SYNTAXES).glob("*.dcm"))
+    assert services.importer.import_paths(files).counts["imported"] == 9
+    reference = pydicom.dcmread(files[0]).pixel_array
+    for path in files:
+        original = pydicom.dcmread(path)
+        stored = original.file_meta.TransferSyntaxUID
+        for accept in (MULTIPART_DICOM, "application/dicom", "*/*"):
+            answer = client.get(instance_path(ids(path)), headers={**auth, "Accept": accept})
+            if accept == "application/dicom":
+                headers, data = {"Content-Type": answer.headers["Content-Type"]}, answer.get_data()
+            else:
+                [(headers, data)] = parts(answer)
+            if stored == "1.2.840.10008.1.2.2":
+                assert data == path.read_bytes(), accept
+                assert headers["Content-Type"] in (
+                    "application/dicom", "application/dicom; transfer-syntax=1.2.840.10008.1.2.2")
+                continue
+            if stored == "1.2.840.10008.1.2.1":
+                assert data == path.read_bytes()  # already so: the stored bytes
+            ds = pydicom.dcmread(io.BytesIO(data))
+            assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1", (path.name, accept)
+            assert ds.SOPInstanceUID == original.SOPInstanceUID
+            assert np.array_equal(ds.pixel_array, reference), (path.name, accept)
+            if accept == MULTIPART_DICOM:
+                assert headers["Content-Type"] == (
+                    "application/dicom; transfer-syntax=1.2.840.10008.1.2.1")
+    big = ids(files[2])
+    refused = client.get(instance_path(big), headers={
+        **auth, "Accept": MULTIPART_DICOM + "; transfer-syntax=1.2.840.10008.1.2.1"})
+    assert refused.status_code == 406 and "big endian" in refused.get_json()["error"]
+
+
+def test_retrieve_that_cannot_be_converted(
+        client: FlaskClient, auth: dict[str, str], services: Services, corpus: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressed file whose pixels do not decode: one instance is a 422 (as stored still
+    works); in a series after a good instance the answer ends unclosed, never a silent gap."""
+    good = pydicom.dcmread(corpus / SYNTAXES / "9.dcm")
+    broken = pydicom.dcmread(corpus / SYNTAXES / "9.dcm")
+    broken.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.99"
+    broken.InstanceNumber = good.get("InstanceNumber", 1) + 1
+    fragment = bytearray(pydicom.encaps.get_frame(good.PixelData, 0, number_of_frames=1))
+    fragment[200:] = b"\xff" * (len(fragment) - 200)  # a valid SIZ header, garbage after
+    broken.PixelData = pydicom.encaps.encapsulate([bytes(fragment)])
+    path = tmp_path / "broken.dcm"
+    broken.save_as(path, enforce_file_format=True)
+    summary = services.importer.import_paths([corpus / SYNTAXES / "9.dcm", path])
+    assert summary.counts["imported"] == 2, summary.refused()
+
+    one = instance_path(ids(path))
+    refused = client.get(one, headers={**auth, "Accept": MULTIPART_DICOM})
+    assert refused.status_code == 422 and "transfer-syntax=*" in refused.get_json()["error"]
+    stored = client.get(one, headers={**auth, "Accept": MULTIPART_DICOM + "; transfer-syntax=*"})
+    assert parts(stored)[0][1] == path.read_bytes()
+
+    series = client.get(f"{BASE}/studies/{good.StudyInstanceUID}/series/"
+                        f"{good.SeriesInstanceUID}", headers={**auth, "Accept": MULTIPART_DICOM})
+    body = series.get_data()
+    assert series.status_code == 200 and body.count(b"Content-Type: application/dicom") == 1
+    assert not body.endswith(b"--\r\n")  # no closing boundary: the client sees it cut short
+
+    monkeypatch.setattr("viewer.transcode.MAX_BYTES", 1000)
+    too_big = client.get(instance_path(ids(corpus / SYNTAXES / "9.dcm")),
+                         headers={**auth, "Accept": MULTIPART_DICOM})
+    assert too_big.status_code == 422 and "MiB decoded" in too_big.get_json()["error"]
 
 
 # --- metadata and bulk data --------------------------------------------------------------

@@ -27,7 +27,7 @@ from pydicom.tag import BaseTag
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, NotAcceptable, NotFound, UnprocessableEntity
 
-from viewer import audit
+from viewer import audit, transcode
 from viewer.access import InstanceRef, find_instance_ref, find_series, find_study, require_principal
 from viewer.cache import ByteLRU
 from viewer.db import Instance, Series, Study
@@ -127,23 +127,35 @@ def _one_instance(study_uid: str, series_uid: str, sop_uid: str) -> list[Stored]
 # --- retrieve: the stored files ------------------------------------------------------------
 
 
-def _dicom_form(ranges: list[MediaRange], syntaxes: set[str], single: bool) -> str:
-    """``multipart`` or ``single`` (a bare application/dicom, one instance only); else 406."""
+def _dicom_form(ranges: list[MediaRange], syntaxes: set[str], single: bool) -> tuple[str, bool]:
+    """How to send instances: ``multipart`` or ``single`` (a bare application/dicom, one
+    instance only), and whether as Explicit VR Little Endian (True) or as stored; else 406.
+
+    No ``transfer-syntax`` means Explicit VR Little Endian (PS3.18), or as stored for
+    files that cannot be converted; ``*`` or the stored syntax means as stored.
+    """
+    can_convert = all(transcode.convertible(s) for s in syntaxes)
     for wanted in ranges:
         syntax = wanted.transfer_syntax
-        as_stored = syntax in ("", "*") or syntaxes == {syntax}
+        if syntax == "*" or (syntax and syntaxes == {syntax}):
+            convert = False
+        elif syntax == "" or (syntax == EXPLICIT_LE and can_convert):
+            convert = can_convert and syntaxes != {EXPLICIT_LE}
+        else:
+            continue
         if wanted.media_type == "*/*":
-            return "multipart"
-        if (wanted.media_type == "multipart/related"
-                and wanted.part_type in ("", "application/dicom") and as_stored):
-            return "multipart"
-        if wanted.media_type == "application/dicom" and single and as_stored:
-            return "single"
+            return "multipart", convert
+        if wanted.media_type == "multipart/related" and wanted.part_type in (
+                "", "application/dicom"):
+            return "multipart", convert
+        if wanted.media_type == "application/dicom" and single:
+            return "single", convert
     stored = ", ".join(sorted(syntaxes)) or "none"
     raise NotAcceptable(
-        'instances are sent as multipart/related; type="application/dicom" in the transfer '
-        f"syntax they were stored in ({stored}); transcoding is not supported, so ask with "
-        "transfer-syntax=* or that syntax"
+        'instances are sent as multipart/related; type="application/dicom" (one also as '
+        f"application/dicom), in the syntax they were stored in ({stored}) with "
+        f"transfer-syntax=* or that syntax, or in Explicit VR Little Endian ({EXPLICIT_LE}, "
+        "the default) unless stored big endian; no other transcoding"
     )
 
 
@@ -152,17 +164,36 @@ def _chunks(path: Path) -> Iterator[bytes]:
         yield from read_chunks(handle)
 
 
-def _file_parts(boundary: str, items: list[Stored], first: Path, store: Any,
-                ) -> Iterator[bytes]:
+def _file_parts(boundary: str, items: list[Stored], first: Path | bytes, store: Any,
+                convert: bool) -> Iterator[bytes]:
+    """The instances as parts; ``first`` is the first's file, or its bytes converted."""
     for position, item in enumerate(items):
-        path = first if position == 0 else store.path(item.file_hash)
-        with Path(path).open("rb") as handle:
-            # The file's own size: the index's may be an estimate for files fetched on demand.
-            size = os.fstat(handle.fileno()).st_size
-            yield part_head(boundary,
-                            f"application/dicom; transfer-syntax={item.transfer_syntax}",
-                            size, item.url)
-            yield from read_chunks(handle)
+        if position == 0 and isinstance(first, bytes):
+            data: bytes | None = first
+        elif convert and item.transfer_syntax != EXPLICIT_LE and position > 0:
+            try:
+                data = transcode.to_explicit_little_endian(store.path(item.file_hash))
+            except transcode.TranscodeError as exc:
+                # Too late for an error status: end the answer unclosed, so the client
+                # sees it incomplete rather than one instance short.
+                log.warning("retrieve of %s stopped: %s", item.sop_uid, exc)
+                return
+        else:
+            data = None
+        if data is not None:
+            yield part_head(boundary, f"application/dicom; transfer-syntax={EXPLICIT_LE}",
+                            len(data), item.url)
+            yield data
+        else:
+            path = first if position == 0 else store.path(item.file_hash)
+            with Path(path).open("rb") as handle:
+                # The file's own size: the index's may be an estimate for files fetched
+                # on demand.
+                size = os.fstat(handle.fileno()).st_size
+                yield part_head(boundary,
+                                f"application/dicom; transfer-syntax={item.transfer_syntax}",
+                                size, item.url)
+                yield from read_chunks(handle)
         yield b"\r\n"
     yield closing(boundary)
 
@@ -199,15 +230,25 @@ def _retrieve(items: list[Stored], single: bool) -> Response:
     if not items:
         raise NotFound("there are no instances here")
     items = _with_syntax(items)
-    form = _dicom_form(media_ranges(_accept()), {i.transfer_syntax for i in items}, single)
-    first = services().store.path(items[0].file_hash)
+    form, convert = _dicom_form(media_ranges(_accept()), {i.transfer_syntax for i in items},
+                                single)
+    store = services().store
+    first: Path | bytes = store.path(items[0].file_hash)
+    if convert and items[0].transfer_syntax != EXPLICIT_LE:
+        try:
+            first = transcode.to_explicit_little_endian(Path(first))
+        except transcode.TranscodeError as exc:
+            raise UnprocessableEntity(
+                f"the stored instance {exc}; ask with transfer-syntax=*") from None
     if form == "single":
-        size = Path(first).stat().st_size
-        response = Response(_chunks(Path(first)), mimetype="application/dicom")
-        response.content_length = size
+        if isinstance(first, bytes):
+            response = Response(first, mimetype="application/dicom")
+        else:
+            response = Response(_chunks(Path(first)), mimetype="application/dicom")
+            response.content_length = Path(first).stat().st_size
         return response
     boundary = new_boundary()
-    response = Response(_file_parts(boundary, items, first, services().store))
+    response = Response(_file_parts(boundary, items, first, store, convert))
     response.headers["Content-Type"] = (
         f'multipart/related; type="application/dicom"; boundary={boundary}'
     )
