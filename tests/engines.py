@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.liveserver import stop
+
 FIREFOX_NAMES = ("firefox-esr", "firefox")
 MINIBROWSER_GLOB = "/usr/lib/*/webkit2gtk-4.*/MiniBrowser"
 START_TIMEOUT_S = 60.0
@@ -324,7 +326,7 @@ def firefox(executable: str, width: int, height: int) -> Iterator[Firefox]:
                 yield engine
                 engine._send("session.end")
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 def _bidi_address(proc: subprocess.Popen[bytes], log: Path) -> str:
@@ -388,15 +390,6 @@ def xvfb(width: int, height: int) -> Iterator[str]:
         try:
             yield f":{number}"
         finally:
-            _stop(manager)
+            stop(manager)
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        stop(proc)

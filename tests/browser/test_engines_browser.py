@@ -97,73 +97,68 @@ def wait_canvas_change(engine: engines.Engine) -> None:
     engine.wait_for(f"{CANVAS} !== window.__canvasBefore")
 
 
+def finish(engine: engines.Engine, label: str) -> None:
+    """A screenshot to look at (tests/artifacts/ENGINE-LABEL.png); no JavaScript errors."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    engine.screenshot(ARTIFACTS / f"{engine.name}-{label}.png")
+    assert engine.errors() == []
+
+
 @ENGINES
 def test_viewer_on_the_desktop(name: str, server: LiveServer) -> None:
     with browser(name, 1280, 800) as engine:
-        desktop_session(engine, server)
+        open_study(engine, server)
+        assert engine.evaluate(f"{STATE}.sliceCount") == "130"
+        assert engine.evaluate("document.querySelector('.series-item img').complete")
+        start = int(engine.evaluate(f"{STATE}.sliceIndex"))
+        remember_canvas(engine)
+        x, y = engine.centre_of("#viewport")
+        for _ in range(10):
+            engine.wheel(x, y, 100)
+        engine.wait_for(f"{STATE}.sliceIndex === '{start + 10}' && {STATE}.state === 'ready'")
+        wait_canvas_change(engine)
+        assert engine.evaluate("document.getElementById('ov-slice').textContent") == (
+            f"Slice {start + 11} / 130")
 
+        width = float(engine.evaluate(f"{STATE}.windowWidth"))
+        center = float(engine.evaluate(f"{STATE}.windowCenter"))
+        remember_canvas(engine)
+        engine.drag(x, y, 120, -60, button=2)
+        engine.wait_for(f"Number({STATE}.windowWidth) > {width} && {STATE}.state === 'ready'")
+        assert float(engine.evaluate(f"{STATE}.windowCenter")) < center, "up lowers the centre"
+        wait_canvas_change(engine)
+        assert engine.evaluate("document.getElementById('wl-preset').value") == "custom"
 
-def desktop_session(engine: engines.Engine, server: LiveServer) -> None:
-    open_study(engine, server)
-    assert engine.evaluate(f"{STATE}.sliceCount") == "130"
-    assert engine.evaluate("document.querySelector('.series-item img').complete")
-    start = int(engine.evaluate(f"{STATE}.sliceIndex"))
-    remember_canvas(engine)
-    x, y = engine.centre_of("#viewport")
-    for _ in range(10):
-        engine.wheel(x, y, 100)
-    engine.wait_for(f"{STATE}.sliceIndex === '{start + 10}' && {STATE}.state === 'ready'")
-    wait_canvas_change(engine)
-    assert engine.evaluate("document.getElementById('ov-slice').textContent") == (
-        f"Slice {start + 11} / 130")
-
-    width = float(engine.evaluate(f"{STATE}.windowWidth"))
-    center = float(engine.evaluate(f"{STATE}.windowCenter"))
-    remember_canvas(engine)
-    engine.drag(x, y, 120, -60, button=2)
-    engine.wait_for(f"Number({STATE}.windowWidth) > {width} && {STATE}.state === 'ready'")
-    assert float(engine.evaluate(f"{STATE}.windowCenter")) < center, "up lowers the centre"
-    wait_canvas_change(engine)
-    assert engine.evaluate("document.getElementById('wl-preset').value") == "custom"
-
-    engine.evaluate(f"{VIEWPORT}.focus()")
-    engine.press("\ue010")  # End
-    engine.wait_for(f"{STATE}.sliceIndex === '129'")
-    engine.press("\ue011")  # Home
-    engine.wait_for(f"{STATE}.sliceIndex === '0' && {STATE}.state === 'ready'")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    engine.screenshot(ARTIFACTS / f"{engine.name}-desktop.png")
-    assert engine.errors() == []
+        engine.evaluate(f"{VIEWPORT}.focus()")
+        engine.press("\ue010")  # End
+        engine.wait_for(f"{STATE}.sliceIndex === '129'")
+        engine.press("\ue011")  # Home
+        engine.wait_for(f"{STATE}.sliceIndex === '0' && {STATE}.state === 'ready'")
+        finish(engine, "desktop")
 
 
 @ENGINES
 def test_viewer_on_a_phone_wide_window(name: str, server: LiveServer) -> None:
     with browser(name, 390, 844) as engine:
-        phone_session(engine, server)
-
-
-def phone_session(engine: engines.Engine, server: LiveServer) -> None:
-    open_study(engine, server)
-    assert engine.evaluate("innerWidth") == 390
-    assert engine.evaluate("document.documentElement.scrollWidth") <= 390
-    viewport = engine.box("#viewport")
-    assert viewport["width"] >= 360 and viewport["height"] >= 300, viewport
-    # Drag the slider's thumb (at the middle slice) a third of the track to the left.
-    start = int(engine.evaluate(f"{STATE}.sliceIndex"))
-    slider = engine.box("#slice-slider")
-    thumb_x = slider["x"] + slider["width"] * start / 129
-    remember_canvas(engine)
-    engine.drag(thumb_x, slider["y"] + slider["height"] / 2, -slider["width"] / 3, 0)
-    engine.wait_for(f"Number({STATE}.sliceIndex) < {start - 30} && {STATE}.state === 'ready'")
-    wait_canvas_change(engine)
-    dragged = int(engine.evaluate(f"{STATE}.sliceIndex"))
-    engine.click(*engine.centre_of("[data-action=next]"))
-    engine.wait_for(f"{STATE}.sliceIndex === '{dragged + 1}' && {STATE}.state === 'ready'")
-    assert engine.evaluate("document.getElementById('slice-output').textContent") == (
-        f"{dragged + 2} / 130")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    engine.screenshot(ARTIFACTS / f"{engine.name}-phone.png")
-    assert engine.errors() == []
+        open_study(engine, server)
+        assert engine.evaluate("innerWidth") == 390
+        assert engine.evaluate("document.documentElement.scrollWidth") <= 390
+        viewport = engine.box("#viewport")
+        assert viewport["width"] >= 360 and viewport["height"] >= 300, viewport
+        # Drag the slider's thumb (at the middle slice) a third of the track to the left.
+        start = int(engine.evaluate(f"{STATE}.sliceIndex"))
+        slider = engine.box("#slice-slider")
+        thumb_x = slider["x"] + slider["width"] * start / 129
+        remember_canvas(engine)
+        engine.drag(thumb_x, slider["y"] + slider["height"] / 2, -slider["width"] / 3, 0)
+        engine.wait_for(f"Number({STATE}.sliceIndex) < {start - 30} && {STATE}.state === 'ready'")
+        wait_canvas_change(engine)
+        dragged = int(engine.evaluate(f"{STATE}.sliceIndex"))
+        engine.click(*engine.centre_of("[data-action=next]"))
+        engine.wait_for(f"{STATE}.sliceIndex === '{dragged + 1}' && {STATE}.state === 'ready'")
+        assert engine.evaluate("document.getElementById('slice-output').textContent") == (
+            f"{dragged + 2} / 130")
+        finish(engine, "phone")
 
 
 @ENGINES
@@ -222,9 +217,7 @@ def test_embedded_in_a_portal_on_another_site(name: str, sites: Sites) -> None:
         engine.evaluate("(document.getElementById('slice-index').value = '2',"
                         " document.querySelector('[data-command=setSlice]').click())")
         wait_event(engine, "sliceChanged", index=2)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        engine.screenshot(ARTIFACTS / f"{engine.name}-embed.png")
-        assert engine.errors() == []
+        finish(engine, "embed")
 
 
 
@@ -241,7 +234,7 @@ def test_touch_swipe_in_firefox(server: LiveServer) -> None:
         engine.touch([(x, y + 80 - 10 * k) for k in range(9)])
         engine.wait_for(f"Number({STATE}.sliceIndex) > {start} && {STATE}.state === 'ready'")
         wait_canvas_change(engine)
-        assert engine.errors() == []
+        finish(engine, "touch")
 
 
 def create_share(server: LiveServer) -> dict:
@@ -270,9 +263,7 @@ def test_share_link_opened_on_a_phone(name: str, server: LiveServer) -> None:
         engine.wait_for(f"document.getElementById('viewport') && {STATE}.state === 'ready'")
         assert engine.evaluate(f"{STATE}.sliceCount") == "130"
         assert engine.evaluate("document.documentElement.scrollWidth") <= 390
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        engine.screenshot(ARTIFACTS / f"{engine.name}-share.png")
-        assert engine.errors() == []
+        finish(engine, "share")
 
 
 def test_patient_signs_in_with_a_code_on_a_phone(sites: Sites) -> None:
@@ -300,6 +291,5 @@ def test_patient_signs_in_with_a_code_on_a_phone(sites: Sites) -> None:
             cards = engine.evaluate(
                 "[...document.querySelectorAll('.study-link')].map((a) => a.textContent)")
             assert len(cards) == 1 and "MRI Brain" in cards[0], cards
-            engine.screenshot(ARTIFACTS / f"{engine.name}-signed-in.png")
             assert engine.evaluate("document.documentElement.scrollWidth") <= 390
-            assert engine.errors() == []
+            finish(engine, "signed-in")
