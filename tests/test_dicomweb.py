@@ -317,6 +317,7 @@ def test_retrieve_that_cannot_be_converted(
     too_big = client.get(instance_path(ids(corpus / SYNTAXES / "9.dcm")),
                          headers={**auth, "Accept": MULTIPART_DICOM})
     assert too_big.status_code == 422 and "MiB decoded" in too_big.get_json()["error"]
+    assert "transfer-syntax=*" in too_big.get_json()["error"]
 
 
 # --- metadata and bulk data --------------------------------------------------------------

@@ -63,10 +63,9 @@ def to_explicit_little_endian(path: Path) -> bytes:
         ds = pydicom.dcmread(path)
         syntax = ds.file_meta.TransferSyntaxUID
         if not convertible(syntax):
-            raise TranscodeError(f"files in {syntax.name} are sent as stored only")
+            raise TranscodeError(f"files in {syntax.name} cannot be converted")
         if decoded_size(ds) > MAX_BYTES:
-            raise TranscodeError(
-                f"its pixels are over {MAX_BYTES >> 20} MiB decoded; it is sent as stored only")
+            raise TranscodeError(f"its pixels would be over {MAX_BYTES >> 20} MiB decoded")
         if syntax.is_compressed:
             ds.decompress(generate_instance_uid=False)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -75,5 +74,5 @@ def to_explicit_little_endian(path: Path) -> bytes:
     except TranscodeError:
         raise
     except Exception as exc:  # a decoder's or writer's error: the file cannot be converted
-        raise TranscodeError(f"cannot be converted: {exc}") from None
+        raise TranscodeError(f"it cannot be decoded ({exc})") from None
     return out.getvalue()

@@ -168,25 +168,25 @@ def _file_parts(boundary: str, items: list[Stored], first: Path | bytes, store: 
                 convert: bool) -> Iterator[bytes]:
     """The instances as parts; ``first`` is the first's file, or its bytes converted."""
     for position, item in enumerate(items):
-        if position == 0 and isinstance(first, bytes):
-            data: bytes | None = first
-        elif convert and item.transfer_syntax != EXPLICIT_LE and position > 0:
+        source: Path | bytes
+        if position == 0:
+            source = first
+        elif convert and item.transfer_syntax != EXPLICIT_LE:
             try:
-                data = transcode.to_explicit_little_endian(store.path(item.file_hash))
+                source = transcode.to_explicit_little_endian(store.path(item.file_hash))
             except transcode.TranscodeError as exc:
                 # Too late for an error status: end the answer unclosed, so the client
                 # sees it incomplete rather than one instance short.
-                log.warning("retrieve of %s stopped: %s", item.sop_uid, exc)
+                log.warning("retrieve stopped at %s: %s", item.sop_uid, exc)
                 return
         else:
-            data = None
-        if data is not None:
+            source = store.path(item.file_hash)
+        if isinstance(source, bytes):
             yield part_head(boundary, f"application/dicom; transfer-syntax={EXPLICIT_LE}",
-                            len(data), item.url)
-            yield data
+                            len(source), item.url)
+            yield source
         else:
-            path = first if position == 0 else store.path(item.file_hash)
-            with Path(path).open("rb") as handle:
+            with Path(source).open("rb") as handle:
                 # The file's own size: the index's may be an estimate for files fetched
                 # on demand.
                 size = os.fstat(handle.fileno()).st_size
@@ -239,7 +239,8 @@ def _retrieve(items: list[Stored], single: bool) -> Response:
             first = transcode.to_explicit_little_endian(Path(first))
         except transcode.TranscodeError as exc:
             raise UnprocessableEntity(
-                f"the stored instance {exc}; ask with transfer-syntax=*") from None
+                f"cannot send the instance as Explicit VR Little Endian: {exc}; ask with "
+                "transfer-syntax=* for the file as stored") from None
     if form == "single":
         if isinstance(first, bytes):
             response = Response(first, mimetype="application/dicom")
