@@ -19,6 +19,7 @@ from viewer.access import create_token
 from viewer.config import load_config
 from viewer.db import Instance, Portal
 from viewer.embed import add_portal
+from viewer.negotiation import parse_media_type
 
 from .conftest import make_env
 from .dicomfactory import encode, make_dataset
@@ -282,6 +283,29 @@ def test_retrieve_sends_explicit_little_endian_by_default(
     refused = client.get(instance_path(big), headers={
         **auth, "Accept": MULTIPART_DICOM + "; transfer-syntax=1.2.840.10008.1.2.1"})
     assert refused.status_code == 406 and "big endian" in refused.get_json()["error"]
+
+
+def test_media_type_parameters_quoted_or_bare() -> None:
+    """Clients send ``type=application/dicom`` unquoted too; both must mean the same."""
+    assert parse_media_type('multipart/related; type="application/dicom"; boundary=Ab-1') == (
+        "multipart/related", {"type": "application/dicom", "boundary": "Ab-1"})
+    assert parse_media_type("Multipart/Related;type=application/dicom;Transfer-Syntax=*") == (
+        "multipart/related", {"type": "application/dicom", "transfer-syntax": "*"})
+    assert parse_media_type('text/plain; name="a;b \\"c\\""') == (
+        "text/plain", {"name": 'a;b "c"'})
+    assert parse_media_type("") == ("", {})
+
+
+def test_unquoted_type_parameter_in_retrieve_and_store(
+        client: FlaskClient, auth: dict[str, str], corpus_files: dict[str, Path]) -> None:
+    j2k = ids(corpus_files["j2k"])
+    bare = client.get(instance_path(j2k), headers={
+        **auth, "Accept": "multipart/related; type=application/dicom; transfer-syntax=*"})
+    assert bare.status_code == 200 and parts(bare)[0][1] == corpus_files["j2k"].read_bytes()
+    data = encode(make_dataset())
+    stored = stow(client, auth, [data],
+                  content_type="multipart/related; type=application/dicom; boundary=b0undary")
+    assert stored.status_code == 200, stored.get_data(as_text=True)
 
 
 def test_retrieve_that_cannot_be_converted(

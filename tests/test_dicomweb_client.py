@@ -78,7 +78,7 @@ def test_search_at_every_level(client, ge: dict) -> None:  # type: ignore[no-unt
     assert client.search_for_series(search_filters={"Modality": "XX"}) == []
 
 
-def test_retrieve_instance_is_the_original_file(client, ge: dict) -> None:  # type: ignore[no-untyped-def,type-arg]
+def test_retrieve_instance_as_stored_or_explicit_little_endian(client, ge: dict) -> None:  # type: ignore[no-untyped-def,type-arg]
     ds = client.retrieve_instance(ge["study"], ge["series"], ge["sop"])
     assert ds.buffer.getvalue() == Path(ge["path"]).read_bytes()
     j2k = pydicom.dcmread(J2K, stop_before_pixels=True)
@@ -86,6 +86,14 @@ def test_retrieve_instance_is_the_original_file(client, ge: dict) -> None:  # ty
                                       j2k.SOPInstanceUID,
                                       media_types=(("application/dicom", "*"),))
     assert stored.buffer.getvalue() == J2K.read_bytes()
+    # Asked for by name (the PS3.18 default; this client asks for * by default): the
+    # same instance and pixels, decoded.
+    plain = client.retrieve_instance(j2k.StudyInstanceUID, j2k.SeriesInstanceUID,
+                                     j2k.SOPInstanceUID,
+                                     media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
+    assert plain.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert plain.SOPInstanceUID == j2k.SOPInstanceUID
+    assert (plain.pixel_array == pydicom.dcmread(J2K).pixel_array).all()
     whole = client.retrieve_series(ge["study"], ge["series"])
     assert len(whole) == 130
     assert {d.SOPInstanceUID for d in whole} == {

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from werkzeug.datastructures import Headers
-from werkzeug.http import parse_options_header
+
+from viewer.negotiation import parse_media_type
 
 READ = 64 << 10
 MAX_HEADER_BYTES = 16 << 10
@@ -51,8 +52,7 @@ class Part:
 
     @property
     def content_type(self) -> tuple[str, dict[str, str]]:
-        value, options = parse_options_header(self.headers.get("Content-Type", ""))
-        return value.lower(), options
+        return parse_media_type(self.headers.get("Content-Type", ""))
 
 
 class MultipartReader:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from werkzeug.exceptions import NotAcceptable
-from werkzeug.http import parse_options_header
 
 
 @dataclass(frozen=True)
@@ -38,13 +37,13 @@ class MediaRange:
         return minor == "*" and media_type.startswith(major + "/")
 
 
-def _split(header: str) -> list[str]:
-    """Split on commas outside quoted strings."""
+def _split(header: str, separator: str = ",") -> list[str]:
+    """Split on ``separator`` outside quoted strings."""
     pieces, current, quoted = [], [], False
     for char in header:
         if char == '"':
             quoted = not quoted
-        if char == "," and not quoted:
+        if char == separator and not quoted:
             pieces.append("".join(current))
             current = []
         else:
@@ -53,20 +52,37 @@ def _split(header: str) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+def parse_media_type(text: str) -> tuple[str, dict[str, str]]:
+    """A media type (lower case) and its parameters (names lower case), from a
+    Content-Type or one Accept range.
+
+    Values may be quoted or not: clients send ``type=application/dicom`` bare, though
+    RFC 2045 wants a value with a "/" quoted (werkzeug's parser cuts it at the "/").
+    """
+    value, *parameters = _split(text, ";") or [""]
+    options = {}
+    for parameter in parameters:
+        name, _, raw = parameter.partition("=")
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        options[name.strip().lower()] = raw
+    return value.strip().lower(), options
+
+
 def media_ranges(header: str | None) -> list[MediaRange]:
     """The ranges of an Accept header, most preferred first; none given means ``*/*``."""
     if not header or not header.strip():
         return [MediaRange("*/*")]
     ranges = []
     for piece in _split(header):
-        value, options = parse_options_header(piece)
-        params = {k.lower(): v for k, v in options.items()}
+        value, params = parse_media_type(piece)
         try:
             quality = float(params.pop("q", "1"))
         except ValueError:
             quality = 1.0
         if quality > 0 and value:
-            ranges.append(MediaRange(value.lower(), params, quality))
+            ranges.append(MediaRange(value, params, quality))
     if not ranges:
         raise NotAcceptable("the Accept header accepts nothing")
     return sorted(ranges, key=lambda r: -r.quality)

@@ -22,7 +22,6 @@ import pydicom
 from flask import Response, abort, request
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
-from werkzeug.http import parse_options_header
 
 from viewer import audit
 from viewer.access import require_principal
@@ -30,6 +29,7 @@ from viewer.db import Instance, Series, Study
 from viewer.dicomjson import add_warnings, attr, base_url, instance_url, services
 from viewer.ingest import Outcome, Refused, Source
 from viewer.multipart import MultipartError, MultipartReader, Part
+from viewer.negotiation import parse_media_type
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ class PartSource:
 
 
 def _boundary() -> str:
-    value, options = parse_options_header(request.headers.get("Content-Type", ""))
-    if value.lower() != "multipart/related":
+    value, options = parse_media_type(request.headers.get("Content-Type", ""))
+    if value != "multipart/related":
         raise UnsupportedMediaType(
             'STOW-RS takes multipart/related; type="application/dicom" (got '
             f"{value[:80] or 'no Content-Type'})"
