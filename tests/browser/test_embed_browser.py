@@ -268,6 +268,7 @@ def test_fits_a_small_frame_in_light_and_dark(browser: Any, sites: Sites) -> Non
     for scheme in ("light", "dark"):
         context, page, _ = open_portal(browser, sites.portal, color_scheme=scheme,
                                        viewport={"width": 800, "height": 900})
+        page.wait_for_selector("#viewer-frame")  # the portal's imaging page, after sign-in
         page.evaluate("""() => { const s = document.getElementById('viewer-frame').style;
                                  s.width = '320px'; s.height = '480px'; s.minHeight = '0'; }""")
         frame = page.frame_locator("#viewer-frame")
@@ -362,8 +363,13 @@ def test_replayed_and_expired_launches_are_refused(browser: Any, sites: Sites) -
     used = page.get_attribute("#viewer-frame", "src")
 
     def reopen(url: str) -> None:
-        page.evaluate("url => { const f = document.getElementById('viewer-frame');"
-                      " f.src = 'about:blank'; setTimeout(() => { f.src = url; }, 50); }", url)
+        """Load the frame again: blank first (the address may differ only in its fragment,
+        which would not reload it), and only once the blank page is in."""
+        page.evaluate("() => { document.getElementById('viewer-frame').src = 'about:blank'; }")
+        page.wait_for_function("""() => { try {
+            return document.getElementById('viewer-frame').contentWindow.location.href
+                === 'about:blank'; } catch (e) { return false; } }""")
+        page.evaluate("url => { document.getElementById('viewer-frame').src = url; }", url)
 
     reopen(used)
     expect(frame.locator("#embed-message")).to_be_visible()
