@@ -253,22 +253,24 @@ def create_share(server: LiveServer) -> dict:
 
 @ENGINES
 def test_share_link_opened_on_a_phone(name: str, server: LiveServer) -> None:
-    """Someone the patient sent a link to opens it on their phone and types the code."""
+    """Someone the patient sent a link to opens it on their phone (the narrowest the
+    viewer supports, 360 px) and types the code."""
     share = create_share(server)
-    with browser(name, 390, 844) as engine:
+    with browser(name, 360, 740) as engine:
         engine.goto(share["url"])
         engine.wait_for("document.getElementById('code') !== null")
         engine.evaluate(f"(document.getElementById('code').value = {json.dumps(share['code'])},"
                         " document.querySelector('form button[type=submit]').click())")
         engine.wait_for(f"document.getElementById('viewport') && {STATE}.state === 'ready'")
         assert engine.evaluate(f"{STATE}.sliceCount") == "130"
-        assert engine.evaluate("document.documentElement.scrollWidth") <= 390
+        assert engine.evaluate("document.documentElement.scrollWidth") <= 360
         finish(engine, "share")
 
 
 def test_patient_signs_in_with_a_code_on_a_phone(sites: Sites) -> None:
-    """The demo patient types username, password and authenticator code, in each engine,
-    then sees only their own study (the other patient's is imported too)."""
+    """The demo patient types username, password and authenticator code on a 360 px
+    phone, in each engine, then sees only their own study (the other patient's is
+    imported too)."""
     import pyotp
 
     demo = Path(sites.env["VIEWER_DATA_DIR"]) / "demo-patient.txt"
@@ -278,7 +280,7 @@ def test_patient_signs_in_with_a_code_on_a_phone(sites: Sites) -> None:
     # A code works once: the second browser types the next step's (one step of drift is
     # accepted).
     for offset, name in enumerate(("firefox", "webkit")):
-        with browser(name, 390, 844) as engine:
+        with browser(name, 360, 740) as engine:
             engine.goto(sites.viewer + "/")
             engine.wait_for("location.pathname === '/signin'")
             for field, text in (("#username", details["username"]),
@@ -291,5 +293,5 @@ def test_patient_signs_in_with_a_code_on_a_phone(sites: Sites) -> None:
             cards = engine.evaluate(
                 "[...document.querySelectorAll('.study-link')].map((a) => a.textContent)")
             assert len(cards) == 1 and "MRI Brain" in cards[0], cards
-            assert engine.evaluate("document.documentElement.scrollWidth") <= 390
+            assert engine.evaluate("document.documentElement.scrollWidth") <= 360
             finish(engine, "signed-in")
