@@ -164,29 +164,31 @@ def _chunks(path: Path) -> Iterator[bytes]:
         yield from read_chunks(handle)
 
 
+def _source(item: Stored, store: Any, convert: bool) -> Path | bytes:
+    """The instance's stored file, or (``convert``) its bytes as Explicit VR Little Endian."""
+    path = Path(store.path(item.file_hash))
+    if convert and item.transfer_syntax != EXPLICIT_LE:
+        return transcode.to_explicit_little_endian(path)
+    return path
+
+
 def _file_parts(boundary: str, items: list[Stored], first: Path | bytes, store: Any,
                 convert: bool) -> Iterator[bytes]:
     """The instances as parts; ``first`` is the first's file, or its bytes converted."""
     for position, item in enumerate(items):
-        source: Path | bytes
-        if position == 0:
-            source = first
-        elif convert and item.transfer_syntax != EXPLICIT_LE:
-            try:
-                source = transcode.to_explicit_little_endian(store.path(item.file_hash))
-            except transcode.TranscodeError as exc:
-                # Too late for an error status: end the answer unclosed, so the client
-                # sees it incomplete rather than one instance short.
-                log.warning("retrieve stopped at %s: %s", item.sop_uid, exc)
-                return
-        else:
-            source = store.path(item.file_hash)
+        try:
+            source = first if position == 0 else _source(item, store, convert)
+        except transcode.TranscodeError as exc:
+            # Too late for an error status: end the answer unclosed, so the client sees
+            # it incomplete rather than one instance short.
+            log.warning("retrieve stopped at %s: %s", item.sop_uid, exc)
+            return
         if isinstance(source, bytes):
             yield part_head(boundary, f"application/dicom; transfer-syntax={EXPLICIT_LE}",
                             len(source), item.url)
             yield source
         else:
-            with Path(source).open("rb") as handle:
+            with source.open("rb") as handle:
                 # The file's own size: the index's may be an estimate for files fetched
                 # on demand.
                 size = os.fstat(handle.fileno()).st_size
@@ -233,20 +235,18 @@ def _retrieve(items: list[Stored], single: bool) -> Response:
     form, convert = _dicom_form(media_ranges(_accept()), {i.transfer_syntax for i in items},
                                 single)
     store = services().store
-    first: Path | bytes = store.path(items[0].file_hash)
-    if convert and items[0].transfer_syntax != EXPLICIT_LE:
-        try:
-            first = transcode.to_explicit_little_endian(Path(first))
-        except transcode.TranscodeError as exc:
-            raise UnprocessableEntity(
-                f"cannot send the instance as Explicit VR Little Endian: {exc}; ask with "
-                "transfer-syntax=* for the file as stored") from None
+    try:
+        first = _source(items[0], store, convert)
+    except transcode.TranscodeError as exc:
+        raise UnprocessableEntity(
+            f"cannot send the instance as Explicit VR Little Endian: {exc}; ask with "
+            "transfer-syntax=* for the file as stored") from None
     if form == "single":
         if isinstance(first, bytes):
             response = Response(first, mimetype="application/dicom")
         else:
-            response = Response(_chunks(Path(first)), mimetype="application/dicom")
-            response.content_length = Path(first).stat().st_size
+            response = Response(_chunks(first), mimetype="application/dicom")
+            response.content_length = first.stat().st_size
         return response
     boundary = new_boundary()
     response = Response(_file_parts(boundary, items, first, store, convert))
