@@ -1,0 +1,212 @@
+"""A Part 10 file's header as pydicom would read it, found by a faster walk of its elements.
+
+Import reads every file's header, and pydicom's element reader costs ~12 µs per
+element: 4 ms for a typical MR header of ~330 elements, half of what importing a
+file costs. Most of those elements are never looked at. ``read_header`` walks the
+element structure with ``struct`` (~1 µs per element) and builds the same
+``Dataset`` pydicom's ``dcmread(..., defer_size=...)`` builds, of the same
+``RawDataElement``s, which pydicom then converts on access as usual: values,
+character sets and sequences keep pydicom's meaning.
+
+Only plain files take this path: a preamble and "DICM", a file meta group, and a
+little endian transfer syntax that is not deflated, every element well formed and
+inside its parent, sequences no deeper than ``max_depth``. Anything else returns
+None, and the caller reads the file with pydicom, which decides what it is.
+"""
+
+from __future__ import annotations
+
+import struct
+from io import BytesIO
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement, empty_value_for_VR
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+SEQUENCE_END_BYTES = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+ITEM_BYTES = b"\xfe\xff\x00\xe0"
+VR_TEXT = {vr.value.encode(): vr.value for vr in VR}  # explicit VR bytes -> pydicom's VR
+LONG_VRS = frozenset(EXPLICIT_VR_LENGTH_32)  # with a 4-byte length (PS3.5 7.1.2)
+_EXPLICIT = struct.Struct("<HH2sH").unpack_from
+_IMPLICIT = struct.Struct("<HHI").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+
+
+class _NotPlain(Exception):
+    """The file is not one this walk reads; pydicom must."""
+
+
+def _element(data: bytes, pos: int, end: int, implicit: bool) -> tuple[int, str | None, int, int]:
+    """(tag, VR or None, value length, value position) of the element at ``pos``."""
+    if pos + 8 > end:
+        raise _NotPlain
+    if implicit:
+        group, number, length = _IMPLICIT(data, pos)
+        return group << 16 | number, None, length, pos + 8
+    group, number, raw_vr, length = _EXPLICIT(data, pos)
+    tag = group << 16 | number
+    if group == 0xFFFE:  # item and delimitation tags have no VR, in any encoding
+        return tag, None, _U32(data, pos + 4)[0], pos + 8
+    vr = VR_TEXT.get(raw_vr)
+    if vr is None:  # pydicom would guess: an implicit VR switch, or an unknown VR
+        raise _NotPlain
+    if vr in LONG_VRS:
+        if pos + 12 > end:
+            raise _NotPlain
+        length = _U32(data, pos + 8)[0]
+        if vr == "UN" and length == UNDEFINED:  # pydicom guesses it is a sequence
+            raise _NotPlain
+        return tag, vr, length, pos + 12
+    return tag, vr, length, pos + 8
+
+
+def _is_sequence(data: bytes, pos: int, tag: int, vr: str | None, length: int) -> bool:
+    """Whether pydicom reads this element as a sequence (an implicit VR one by its tag)."""
+    if vr is not None:
+        return vr == "SQ"
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:  # a private tag: pydicom looks for an item after an undefined length
+        return length == UNDEFINED and data[pos : pos + 4] == ITEM_BYTES
+
+
+class _Walk:
+    """The walk of one data set's bytes, checking structure and depth on the way."""
+
+    def __init__(self, data: bytes, implicit: bool, max_depth: int) -> None:
+        self.data, self.implicit, self.max_depth = data, implicit, max_depth
+
+    def value_end(self, tag: int, vr: str | None, length: int, value: int, end: int,
+                  depth: int) -> int:
+        """Where the element whose value starts at ``value`` ends (its sequences walked)."""
+        sequence = _is_sequence(self.data, value, tag, vr, length)
+        if length == UNDEFINED:
+            if sequence:
+                return self.items(value, end, depth + 1)
+            found = self.data.find(SEQUENCE_END_BYTES, value, end)  # as pydicom finds it
+            if found < 0:
+                raise _NotPlain
+            return found + 8
+        if value + length > end:
+            raise _NotPlain
+        if sequence:
+            self.items(value, value + length, depth + 1)
+        return value + length
+
+    def items(self, pos: int, end: int, depth: int) -> int:
+        """Walk a sequence's items from ``pos``; the position after its last byte.
+
+        ``end`` is the sequence's end if its length is defined; for an undefined
+        length the walk ends after the Sequence Delimitation Item, which must
+        come before ``end`` (the parent's end).
+        """
+        if depth > self.max_depth:
+            raise _NotPlain
+        while pos < end:
+            tag, _vr, length, value = _element(self.data, pos, end, implicit=True)
+            if tag == SEQUENCE_END:
+                return value
+            if tag != ITEM:
+                raise _NotPlain
+            if length == UNDEFINED:
+                pos = self.elements(value, end, depth, until_item_end=True)
+            elif value + length > end:
+                raise _NotPlain
+            else:
+                pos = self.elements(value, value + length, depth, until_item_end=False)
+        return pos
+
+    def elements(self, pos: int, end: int, depth: int, until_item_end: bool) -> int:
+        """Walk an item's elements; the position after it (after its delimiter if any)."""
+        while pos < end:
+            tag, vr, length, value = _element(self.data, pos, end, self.implicit)
+            if tag == ITEM_END and until_item_end:
+                return value
+            if tag >> 16 == 0xFFFE:
+                raise _NotPlain
+            pos = self.value_end(tag, vr, length, value, end, depth)
+        if until_item_end:
+            raise _NotPlain  # no Item Delimitation Item before the parent's end
+        return pos
+
+
+def _raw(data: bytes, tag: int, vr: str | None, length: int, value: int, stop: int,
+         implicit: bool) -> RawDataElement:
+    """The element as pydicom's reader yields it, its value ``data[value:stop]``.
+
+    Pixel data is deferred (value None), as with ``defer_size``, and read from the
+    buffer if asked for; import never asks.
+    """
+    if tag >> 16 == 0x7FE0 or tag == 0x56000020:  # (Float) Pixel Data, Spectroscopy Data
+        raw_value: bytes | None = None
+    elif length == 0:
+        raw_value = empty_value_for_VR(vr, raw=True)  # type: ignore[assignment]
+    else:
+        raw_value = data[value:stop]
+    return RawDataElement(BaseTag(tag), vr, length, raw_value, value, implicit, True)
+
+
+def _meta(data: bytes) -> tuple[FileMetaDataset, int]:
+    """The file meta group (always explicit VR little endian) and where the data set starts."""
+    elements: dict[BaseTag, RawDataElement] = {}
+    pos = 132
+    while pos + 8 <= len(data) and _EXPLICIT(data, pos)[0] == 0x0002:
+        tag, vr, length, value = _element(data, pos, len(data), implicit=False)
+        if length == UNDEFINED or value + length > len(data) or vr == "SQ":
+            raise _NotPlain
+        elements[BaseTag(tag)] = _raw(data, tag, vr, length, value, value + length, False)
+        pos = value + length
+    meta = FileMetaDataset(elements)
+    meta.set_original_encoding(False, True, "iso8859")
+    return meta, pos
+
+
+def _data_set(data: bytes, start: int, implicit: bool, max_depth: int
+              ) -> dict[BaseTag, RawDataElement]:
+    """The top-level elements from ``start`` to the end of ``data``."""
+    walk = _Walk(data, implicit, max_depth)
+    elements: dict[BaseTag, RawDataElement] = {}
+    pos, end = start, len(data)
+    while pos < end:
+        tag, vr, length, value = _element(data, pos, end, implicit)
+        if tag >> 16 in (0x0002, 0xFFFE) or tag in elements:
+            raise _NotPlain
+        pos = walk.value_end(tag, vr, length, value, end, 0)
+        if length != UNDEFINED:
+            element = _raw(data, tag, vr, length, value, pos, implicit)
+        elif _is_sequence(data, value, tag, vr, length):
+            # pydicom reads these eagerly; here the items' bytes (without the Sequence
+            # Delimitation Item) are kept, to be read as a sequence on access
+            element = RawDataElement(BaseTag(tag), "SQ", length, data[value : pos - 8], value,
+                                     implicit, True)
+        else:  # encapsulated pixel data
+            element = _raw(data, tag, vr, length, value, pos - 8, implicit)
+        elements[element.tag] = element
+    return elements
+
+
+def read_header(data: bytes, max_depth: int) -> FileDataset | None:
+    """The data set of a whole Part 10 file in ``data``; None if pydicom must read it."""
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    try:
+        meta, start = _meta(data)
+        syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+        if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
+            return None
+        implicit = syntax.is_implicit_VR
+        if start + 6 <= len(data):  # pydicom's test of the first element's VR
+            first = data[start + 4 : start + 6]
+            if (0x40 < first[0] < 0x5B and 0x40 < first[1] < 0x5B) == implicit:
+                return None
+        elements = _data_set(data, start, implicit, max_depth)
+    except _NotPlain:
+        return None
+    ds = FileDataset(BytesIO(data), elements, data[:128], meta, implicit, True)
+    ds.set_original_encoding(implicit, True, ds._character_set)
+    return ds
