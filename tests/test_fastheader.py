@@ -7,6 +7,7 @@ element, and check that each kind of file it must not read goes to pydicom.
 
 from __future__ import annotations
 
+import json
 import struct
 from io import BytesIO
 from pathlib import Path
@@ -18,8 +19,12 @@ from pydicom.dataset import Dataset
 
 from tests.dicomfactory import encode, make_dataset
 from tests.test_malformed import PIXEL_DATA_TAG, nested_sequences
+from viewer import dicomjson
+from viewer.dicomjson import read_metadata
 from viewer.fastheader import read_header
+from viewer.frames import read_file
 from viewer.ingest import MAX_SEQUENCE_DEPTH, Limits, Refused, check, describe
+from viewer.render import decode_frame
 
 PYDICOM_FILES = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
 DEFER = 4096  # import's pydicom read (``ingest._dcmread``)
@@ -78,6 +83,53 @@ def test_every_file_read_is_what_pydicom_reads(corpus: Path) -> None:
         assert _indexed(fresh, walked=True) == _indexed(
             pydicom.dcmread(BytesIO(data), defer_size=DEFER), walked=False), path
     assert read >= 250 and declined <= 25, (read, declined)
+
+
+def test_stop_before_pixels_is_pydicoms(corpus: Path) -> None:
+    read = 0
+    for path in _part10_files(corpus):
+        data = path.read_bytes()
+        ours = read_header(data, MAX_SEQUENCE_DEPTH, stop_before_pixels=True)
+        if ours is not None:
+            read += 1
+            theirs = pydicom.dcmread(BytesIO(data), defer_size=DEFER, stop_before_pixels=True)
+            assert _values(ours) == _values(theirs), path
+    assert read >= 250
+
+
+def _metadata(path: Path) -> object:
+    try:
+        return json.loads(read_metadata(path, "http://x/dicom-web/studies/1", "", 16))
+    except Exception as exc:  # the same failure is what must match
+        return type(exc).__name__
+
+
+def test_metadata_json_is_what_it_is_from_pydicom(corpus: Path, monkeypatch) -> None:
+    """WADO-RS metadata reads files through the walk: the JSON must not change."""
+    paths = _part10_files(corpus)
+    ours = [_metadata(path) for path in paths]
+    monkeypatch.setattr(dicomjson, "read_header", lambda *args, **kwargs: None)
+    for path, fast in zip(paths, ours, strict=True):
+        assert fast == _metadata(path), path
+
+
+def _decoded(ds: Dataset) -> object:
+    try:
+        frame = decode_frame(ds)
+    except Exception as exc:  # the same failure is what must match
+        return type(exc).__name__
+    return frame.pixels.dtype, frame.pixels.tobytes(), frame.header_window
+
+
+def test_frames_decode_as_from_pydicom(corpus: Path) -> None:
+    """The frame loader reads stored files through the walk: the pixels must not change."""
+    read = 0
+    for path in _part10_files(corpus):
+        with path.open("rb") as handle:
+            ours = read_file(handle, path.stat().st_size)
+        read += read_header(path.read_bytes(), MAX_SEQUENCE_DEPTH, defer_pixels=False) is not None
+        assert _decoded(ours) == _decoded(pydicom.dcmread(path)), path
+    assert read >= 250
 
 
 def test_the_corpus_is_read_except_big_endian(corpus: Path) -> None:

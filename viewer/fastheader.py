@@ -26,10 +26,13 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
+IN_MEMORY = 8 << 20  # files up to this size are read whole, to be walked here
+MAX_DEPTH = 64  # sequences nested deeper are declined (and refused by import)
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 SEQUENCE_END_BYTES = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 ITEM_BYTES = b"\xfe\xff\x00\xe0"
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # pydicom's stop_before_pixels
 VR_TEXT = {vr.value.encode(): vr.value for vr in VR}  # explicit VR bytes -> pydicom's VR
 LONG_VRS = frozenset(EXPLICIT_VR_LENGTH_32)  # with a 4-byte length (PS3.5 7.1.2)
 _EXPLICIT = struct.Struct("<HH2sH").unpack_from
@@ -136,13 +139,13 @@ class _Walk:
 
 
 def _raw(data: bytes, tag: int, vr: str | None, length: int, value: int, stop: int,
-         implicit: bool) -> RawDataElement:
+         implicit: bool, defer_pixels: bool) -> RawDataElement:
     """The element as pydicom's reader yields it, its value ``data[value:stop]``.
 
-    Pixel data is deferred (value None), as with ``defer_size``, and read from the
-    buffer if asked for; import never asks.
+    With ``defer_pixels``, pixel data is deferred (value None), as with pydicom's
+    ``defer_size``, and read from the buffer if asked for: import never asks.
     """
-    if tag >> 16 == 0x7FE0 or tag == 0x56000020:  # (Float) Pixel Data, Spectroscopy Data
+    if defer_pixels and (tag >> 16 == 0x7FE0 or tag == 0x56000020):  # + Spectroscopy Data
         raw_value: bytes | None = None
     elif length == 0:
         raw_value = empty_value_for_VR(vr, raw=True)  # type: ignore[assignment]
@@ -159,16 +162,16 @@ def _meta(data: bytes) -> tuple[FileMetaDataset, int]:
         tag, vr, length, value = _element(data, pos, len(data), implicit=False)
         if length == UNDEFINED or value + length > len(data) or vr == "SQ":
             raise _NotPlain
-        elements[BaseTag(tag)] = _raw(data, tag, vr, length, value, value + length, False)
+        elements[BaseTag(tag)] = _raw(data, tag, vr, length, value, value + length, False, True)
         pos = value + length
     meta = FileMetaDataset(elements)
     meta.set_original_encoding(False, True, "iso8859")
     return meta, pos
 
 
-def _data_set(data: bytes, start: int, implicit: bool, max_depth: int
-              ) -> dict[BaseTag, RawDataElement]:
-    """The top-level elements from ``start`` to the end of ``data``."""
+def _data_set(data: bytes, start: int, implicit: bool, max_depth: int,
+              stop_before_pixels: bool, defer_pixels: bool) -> dict[BaseTag, RawDataElement]:
+    """The top-level elements from ``start`` to the end of ``data`` (or to the pixels)."""
     walk = _Walk(data, implicit, max_depth)
     elements: dict[BaseTag, RawDataElement] = {}
     pos, end = start, len(data)
@@ -176,22 +179,30 @@ def _data_set(data: bytes, start: int, implicit: bool, max_depth: int
         tag, vr, length, value = _element(data, pos, end, implicit)
         if tag >> 16 in (0x0002, 0xFFFE) or tag in elements:
             raise _NotPlain
+        if stop_before_pixels and tag in PIXEL_TAGS:
+            break
         pos = walk.value_end(tag, vr, length, value, end, 0)
         if length != UNDEFINED:
-            element = _raw(data, tag, vr, length, value, pos, implicit)
+            element = _raw(data, tag, vr, length, value, pos, implicit, defer_pixels)
         elif _is_sequence(data, value, tag, vr, length):
             # pydicom reads these eagerly; here the items' bytes (without the Sequence
             # Delimitation Item) are kept, to be read as a sequence on access
             element = RawDataElement(BaseTag(tag), "SQ", length, data[value : pos - 8], value,
                                      implicit, True)
         else:  # encapsulated pixel data
-            element = _raw(data, tag, vr, length, value, pos - 8, implicit)
+            element = _raw(data, tag, vr, length, value, pos - 8, implicit, defer_pixels)
         elements[element.tag] = element
     return elements
 
 
-def read_header(data: bytes, max_depth: int) -> FileDataset | None:
-    """The data set of a whole Part 10 file in ``data``; None if pydicom must read it."""
+def read_header(data: bytes, max_depth: int, stop_before_pixels: bool = False,
+                defer_pixels: bool = True) -> FileDataset | None:
+    """The data set of a whole Part 10 file in ``data``; None if pydicom must read it.
+
+    ``stop_before_pixels`` ends it where pydicom's ``dcmread`` option of that name
+    does: before the first (Float, Double Float) Pixel Data element, and what follows.
+    ``defer_pixels=False`` keeps the pixel data's bytes, for decoding.
+    """
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
     try:
@@ -204,7 +215,7 @@ def read_header(data: bytes, max_depth: int) -> FileDataset | None:
             first = data[start + 4 : start + 6]
             if (0x40 < first[0] < 0x5B and 0x40 < first[1] < 0x5B) == implicit:
                 return None
-        elements = _data_set(data, start, implicit, max_depth)
+        elements = _data_set(data, start, implicit, max_depth, stop_before_pixels, defer_pixels)
     except _NotPlain:
         return None
     ds = FileDataset(BytesIO(data), elements, data[:128], meta, implicit, True)

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from viewer import reports
 from viewer.db import Frame, Instance, Patient, Report, Series, Study
-from viewer.fastheader import read_header
+from viewer.fastheader import IN_MEMORY, MAX_DEPTH, read_header
 from viewer.headers import codestream_size, frame_header, number_of_frames, text
 from viewer.storage import CHUNK, ObjectStore, TooLarge, read_chunks, stage_file
 
@@ -50,14 +50,13 @@ DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 log = logging.getLogger(__name__)
 META_PEEK = 4096  # bytes read to spot a deflated transfer syntax in the file meta
-IN_MEMORY = 8 << 20  # files up to this size are parsed from memory (see ``_read_header``)
 INSPECT_CHUNK = 8  # sources per task sent to a worker process
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 BITS_ALLOCATED = (1, 8, 16, 32)
 # Samples of objects with Rows/Columns but no Pixel Data (float images, spectroscopy):
 # their absence is what a file cut short before Pixel Data looks like.
 OTHER_SAMPLES = {Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), Tag(0x5600, 0x0020)}
-MAX_SEQUENCE_DEPTH = 64
+MAX_SEQUENCE_DEPTH = MAX_DEPTH
 MAX_REQUEST_ITEMS = 16  # RequestAttributesSequence items kept in the index
 # Sequences the viewer reads: one written with another VR would break rendering.
 READ_SEQUENCES = (
