@@ -152,6 +152,16 @@ def test_pixel_data_is_read_from_the_buffer_on_access() -> None:
     assert (ds.pixel_array == source.pixel_array).all()
 
 
+def test_kept_pixel_data_is_the_only_copy() -> None:
+    """A multi-frame data set stays in the frame loader's cache: with its pixel data
+    kept, it must not hold on to the whole file as well."""
+    source = make_dataset(rows=8, columns=8, frames=3)
+    ds = read_header(encode(source), MAX_SEQUENCE_DEPTH, defer_pixels=False)
+    assert ds is not None and ds.buffer is None
+    assert ds.get_item("PixelData", keep_deferred=True).value == source.PixelData
+    assert (ds.pixel_array == source.pixel_array).all()
+
+
 def _with_element(data: bytes, element: bytes) -> bytes:
     at = data.index(PIXEL_DATA_TAG)
     return data[:at] + element + data[at:]

@@ -220,4 +220,6 @@ def read_header(data: bytes, max_depth: int, stop_before_pixels: bool = False,
         return None
     ds = FileDataset(BytesIO(data), elements, data[:128], meta, implicit, True)
     ds.set_original_encoding(implicit, True, ds._character_set)
+    if not defer_pixels:
+        ds.buffer = None  # nothing is deferred: keep no second copy of the file's bytes
     return ds
