@@ -17,7 +17,6 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-import pydicom
 from flask import Response, current_app, request
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
@@ -26,7 +25,7 @@ from pydicom.tag import BaseTag, Tag
 from werkzeug.exceptions import BadRequest
 
 from viewer.cache import ByteLRU
-from viewer.fastheader import IN_MEMORY, MAX_DEPTH, read_header
+from viewer.fastheader import read_dataset
 from viewer.ingest import UNCOMPRESSED
 
 log = logging.getLogger(__name__)
@@ -193,17 +192,11 @@ def _dataset_json(ds: Dataset, bulk: str, path: str, encoding: str | None,
 def read_metadata(path: Any, url: str, transfer_syntax: str, bits_allocated: int) -> bytes:
     """The instance file at ``path`` as one DICOM JSON object (UTF-8 bytes).
 
-    Pixel Data is never read: it is referenced by ``{url}/bulkdata/7FE00010``. A file
-    of up to ``IN_MEMORY`` bytes is read whole, and a plain one is walked by
-    ``fastheader`` (a third of pydicom's time: the first metadata of a series reads
-    every file of it).
+    Pixel Data is never read: it is referenced by ``{url}/bulkdata/7FE00010``. Read
+    through ``fastheader``: the first metadata of a series reads every file of it.
     """
-    ds = None
-    if os.path.getsize(path) <= IN_MEMORY:
-        with open(path, "rb") as handle:
-            ds = read_header(handle.read(), MAX_DEPTH, stop_before_pixels=True)
-    if ds is None:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=BULK_THRESHOLD)
+    with open(path, "rb") as handle:
+        ds = read_dataset(handle, os.fstat(handle.fileno()).st_size, stop_before_pixels=True)
     charset = ds.get("SpecificCharacterSet", "")
     encoding = SIMPLE_CHARSETS.get(charset if isinstance(charset, str) else "\\".join(charset))
     little = ds.original_encoding[1] if ds.original_encoding else True

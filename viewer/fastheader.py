@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import struct
 from io import BytesIO
+from typing import BinaryIO
 
+import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement, empty_value_for_VR
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 IN_MEMORY = 8 << 20  # files up to this size are read whole, to be walked here
+DEFER_SIZE = 1024  # pydicom leaves values over this size in the file, read on access
 MAX_DEPTH = 64  # sequences nested deeper are declined (and refused by import)
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -223,3 +226,22 @@ def read_header(data: bytes, max_depth: int, stop_before_pixels: bool = False,
     if not defer_pixels:
         ds.buffer = None  # nothing is deferred: keep no second copy of the file's bytes
     return ds
+
+
+def read_dataset(handle: BinaryIO, size: int, stop_before_pixels: bool = False,
+                 keep_pixels: bool = False) -> Dataset:
+    """The data set of the Part 10 file open in ``handle`` (``size`` bytes), for reading.
+
+    A plain file of up to ``IN_MEMORY`` bytes is walked here; anything else is read
+    by pydicom, which leaves values over ``DEFER_SIZE`` in the file (read from it on
+    access) unless ``keep_pixels``. pydicom's errors propagate.
+    """
+    source: BinaryIO = handle
+    if size <= IN_MEMORY:
+        data = handle.read()
+        ds = read_header(data, MAX_DEPTH, stop_before_pixels, defer_pixels=not keep_pixels)
+        if ds is not None:
+            return ds
+        source = BytesIO(data)
+    return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels,
+                           defer_size=None if keep_pixels else DEFER_SIZE)

@@ -10,27 +10,14 @@ parsing the whole file again.
 from __future__ import annotations
 
 import os
-from io import BytesIO
-from typing import BinaryIO
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from viewer.cache import ByteLRU
-from viewer.fastheader import IN_MEMORY, MAX_DEPTH, read_header
+from viewer.fastheader import read_dataset
 from viewer.headers import number_of_frames
 from viewer.render import DecodedFrame, RenderError, decode_frame
 from viewer.storage import ObjectStore
-
-
-def read_file(handle: BinaryIO, size: int) -> Dataset:
-    """A stored file's data set, pixel data included: walked by ``fastheader`` if it is
-    a plain one of up to ``IN_MEMORY`` bytes (a third of pydicom's time), else pydicom's."""
-    if size <= IN_MEMORY:
-        data = handle.read()
-        ds = read_header(data, MAX_DEPTH, defer_pixels=False)
-        return ds if ds is not None else pydicom.dcmread(BytesIO(data))
-    return pydicom.dcmread(handle)
 
 
 class FrameLoader:
@@ -54,7 +41,7 @@ class FrameLoader:
             try:
                 with path.open("rb") as handle:
                     size = os.fstat(handle.fileno()).st_size
-                    ds = read_file(handle, size)
+                    ds = read_dataset(handle, size, keep_pixels=True)
                 break
             except FileNotFoundError:
                 if attempt:
