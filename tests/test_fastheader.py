@@ -11,6 +11,7 @@ import json
 import struct
 from io import BytesIO
 from pathlib import Path
+from random import Random
 
 import pydicom
 import pytest
@@ -167,6 +168,7 @@ def _with_element(data: bytes, element: bytes) -> bytes:
 
 
 PLAIN = encode(make_dataset())
+CT_SMALL = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 DECLINED = {
     "big endian": get_testdata_file("MR_small_bigendian.dcm"),
     "deflated": get_testdata_file("image_dfl.dcm"),
@@ -209,6 +211,38 @@ BROKEN = {
 def test_broken_files_are_left_to_pydicom(name: str) -> None:
     """The walk never refuses: import's pydicom path decides, with its reasons."""
     assert read_header(BROKEN[name], MAX_SEQUENCE_DEPTH) is None
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on damaged tags and values
+def test_damaged_files_are_read_as_pydicom_reads_them_or_declined(corpus: Path) -> None:
+    """Files with bytes overwritten or cut short, at random places: the walk never
+    raises, and what it does read is what pydicom reads."""
+    random = Random(20261130)
+    sources = [sorted((corpus / "ge-t1-mprage").glob("i*"))[0], CT_SMALL,
+               Path(get_testdata_file("rtplan.dcm")), Path(get_testdata_file("MR_small.dcm")),
+               Path(get_testdata_file("MR_small_implicit.dcm"))]
+    read = 0
+    for source in sources:
+        original = source.read_bytes()
+        pixels = original.find(PIXEL_DATA_TAG)
+        header_end = len(original) if pixels < 0 else min(len(original), pixels + 16)
+        for _ in range(150):
+            data = bytearray(original)
+            at = random.randrange(132, header_end)
+            if random.random() < 0.2:
+                del data[at:]
+            else:
+                data[at : at + 4] = random.randbytes(4)
+            ours = read_header(bytes(data), MAX_SEQUENCE_DEPTH)
+            if ours is None:
+                continue
+            read += 1
+            try:
+                theirs = pydicom.dcmread(BytesIO(bytes(data)), defer_size=DEFER)
+            except Exception:  # pydicom refuses what the walk read: a difference
+                pytest.fail(f"{source.name}: the walk read bytes pydicom cannot ({at})")
+            assert _values(ours) == _values(theirs), (source.name, at)
+    assert read > 100
 
 
 @pytest.mark.parametrize("undefined_length", [False, True])
