@@ -56,7 +56,7 @@ BITS_ALLOCATED = (1, 8, 16, 32)
 # Samples of objects with Rows/Columns but no Pixel Data (float images, spectroscopy):
 # their absence is what a file cut short before Pixel Data looks like.
 OTHER_SAMPLES = {Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), Tag(0x5600, 0x0020)}
-MAX_SEQUENCE_DEPTH = MAX_DEPTH
+MAX_SEQUENCE_DEPTH = MAX_DEPTH  # fastheader declines deeper files; _check_sequences refuses them
 MAX_REQUEST_ITEMS = 16  # RequestAttributesSequence items kept in the index
 # Sequences the viewer reads: one written with another VR would break rendering.
 READ_SEQUENCES = (
