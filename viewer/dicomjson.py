@@ -164,8 +164,8 @@ def _dataset_json(ds: Dataset, bulk: str, path: str, encoding: str | None,
                   little: bool) -> dict[str, Any]:
     """``ds`` as DICOM JSON; binary values over the threshold become BulkDataURIs."""
     out: dict[str, Any] = {}
-    for tag in list(ds.keys()):
-        element = ds.get_item(tag, keep_deferred=True)
+    for element in list(ds.values()):  # as read: deferred values stay deferred
+        tag = element.tag
         key = f"{tag:08X}"
         vr = _vr(element)
         if vr in BINARY_VRS and _length(element) > BULK_THRESHOLD:
