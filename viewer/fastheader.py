@@ -17,6 +17,7 @@ None, and the caller reads the file with pydicom, which decides what it is.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from io import BytesIO
 from typing import BinaryIO
 
@@ -41,6 +42,24 @@ LONG_VRS = frozenset(EXPLICIT_VR_LENGTH_32)  # with a 4-byte length (PS3.5 7.1.2
 _EXPLICIT = struct.Struct("<HH2sH").unpack_from
 _IMPLICIT = struct.Struct("<HHI").unpack_from
 _U32 = struct.Struct("<I").unpack_from
+
+
+_new = tuple.__new__  # RawDataElement(...) without its Python-level __new__
+
+
+@lru_cache(maxsize=4096)
+def _plain_implicit(tag: int) -> bool:
+    """Whether an implicit VR element of defined length is never a sequence.
+
+    A public tag is a sequence by the dictionary; a private one (odd group) by what
+    follows it, which is only looked at for an undefined length.
+    """
+    if tag >> 16 & 1:
+        return True
+    try:
+        return dictionary_VR(tag) != "SQ"
+    except KeyError:
+        return True
 
 
 class _NotPlain(Exception):
@@ -174,16 +193,52 @@ def _meta(data: bytes) -> tuple[FileMetaDataset, int]:
 
 def _data_set(data: bytes, start: int, implicit: bool, max_depth: int,
               stop_before_pixels: bool, defer_pixels: bool) -> dict[BaseTag, RawDataElement]:
-    """The top-level elements from ``start`` to the end of ``data`` (or to the pixels)."""
+    """The top-level elements from ``start`` to the end of ``data`` (or to the pixels).
+
+    The loop reads a plain element (a defined length, not a sequence) inline, as
+    ``_raw`` would: most of a header is such elements, and a call per step costs.
+    """
     walk = _Walk(data, implicit, max_depth)
     elements: dict[BaseTag, RawDataElement] = {}
     pos, end = start, len(data)
     while pos < end:
-        tag, vr, length, value = _element(data, pos, end, implicit)
-        if tag >> 16 in (0x0002, 0xFFFE) or tag in elements:
+        if pos + 8 > end:
+            raise _NotPlain
+        if implicit:
+            group, number, length = _IMPLICIT(data, pos)
+            vr, value = None, pos + 8
+            plain = length != UNDEFINED and _plain_implicit(group << 16 | number)
+        else:
+            group, number, raw_vr, length = _EXPLICIT(data, pos)
+            vr, value = VR_TEXT.get(raw_vr), pos + 8
+            if vr is None or group == 0xFFFE:
+                raise _NotPlain  # an unknown VR, or an item outside a sequence
+            if vr in LONG_VRS:
+                if value + 4 > end:
+                    raise _NotPlain
+                length, value = _U32(data, value)[0], value + 4
+                if vr == "UN" and length == UNDEFINED:  # pydicom guesses it is a sequence
+                    raise _NotPlain
+            plain = length != UNDEFINED and vr != "SQ"
+        tag = group << 16 | number
+        if group == 0x0002 or group == 0xFFFE or tag in elements:
             raise _NotPlain
         if stop_before_pixels and tag in PIXEL_TAGS:
             break
+        if plain:
+            pos = value + length
+            if pos > end:
+                raise _NotPlain
+            if defer_pixels and (group == 0x7FE0 or tag == 0x56000020):  # as ``_raw``
+                raw_value: bytes | None = None
+            elif length == 0:
+                raw_value = empty_value_for_VR(vr, raw=True)  # type: ignore[assignment]
+            else:
+                raw_value = data[value:pos]
+            key = BaseTag(tag)
+            elements[key] = _new(RawDataElement, (key, vr, length, raw_value, value, implicit,
+                                                  True))
+            continue
         pos = walk.value_end(tag, vr, length, value, end, 0)
         if length != UNDEFINED:
             element = _raw(data, tag, vr, length, value, pos, implicit, defer_pixels)

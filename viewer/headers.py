@@ -8,12 +8,18 @@ defaults. ``frame_header`` hides that difference from the rest of the code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
+from pydicom import config
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.valuerep import AMBIGUOUS_VR, VR
 
 ENHANCED_MACROS = {
     "position": ("PlanePositionSequence", "ImagePositionPatient"),
@@ -39,6 +45,41 @@ class FrameHeader:
     voi_function: str
     slope: float
     intercept: float
+
+
+@cache
+def _tag(keyword: str) -> BaseTag | None:
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else BaseTag(tag)
+
+
+def value(ds: Dataset, keyword: str) -> object:
+    """``ds.get(keyword)``, with a shorter way for a value still as read from the file.
+
+    pydicom's ``Dataset.__getitem__`` looks the converted element up three more
+    times and checks for deferred values, sequences and ambiguous VRs, which
+    costs as much as converting the value. For a plain element (read, not a
+    sequence, not of an ambiguous VR) this converts it the way ``__getitem__``
+    does, with the same function and character set, and keeps it in ``ds`` as
+    ``__getitem__`` does; anything else is ``ds.get``'s.
+    """
+    tag = _tag(keyword)
+    if tag is None:
+        return ds.get(keyword)
+    element = ds._dict.get(tag)
+    if element is None:
+        return None
+    if type(element) is not RawDataElement or element.value is None or element.VR == VR.SQ:
+        return ds.get(keyword)
+    if tag == 0x00080005:  # Specific Character Set: itself read as ASCII
+        return ds.get(keyword)
+    converted = convert_raw_data_element(
+        element, encoding=ds.original_character_set or ds._character_set, ds=ds
+    )
+    if converted.VR == VR.SQ or converted.VR in AMBIGUOUS_VR:
+        return ds.get(keyword)
+    ds[tag] = converted
+    return converted.value
 
 
 def _first_number(value: object) -> float | None:
@@ -72,10 +113,10 @@ def _numbers(value: object, count: int) -> list[float] | None:
 def _groups(ds: Dataset, index: int) -> list[Dataset]:
     """The functional groups of frame ``index``: its per-frame one, then the shared one."""
     groups = []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    per_frame = value(ds, "PerFrameFunctionalGroupsSequence")
     if isinstance(per_frame, Sequence) and 0 <= index < len(per_frame):
         groups.append(per_frame[index])
-    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = value(ds, "SharedFunctionalGroupsSequence")
     if isinstance(shared, Sequence) and shared:
         groups.append(shared[0])
     return groups
@@ -84,12 +125,12 @@ def _groups(ds: Dataset, index: int) -> list[Dataset]:
 def _lookup(ds: Dataset, groups: list[Dataset], macro: str, keyword: str) -> object:
     """Per-frame value if present, else the shared one, else the top-level one."""
     for group in groups:
-        sequence = group.get(macro)
+        sequence = value(group, macro)
         if isinstance(sequence, Sequence) and sequence:
-            value = sequence[0].get(keyword)
-            if value is not None:
-                return value
-    return ds.get(keyword)
+            found = value(sequence[0], keyword)
+            if found is not None:
+                return found
+    return value(ds, keyword)
 
 
 def frame_header(ds: Dataset, index: int = 0) -> FrameHeader:
@@ -118,23 +159,62 @@ def frame_header(ds: Dataset, index: int = 0) -> FrameHeader:
 def number_of_frames(ds: Dataset) -> int:
     """NumberOfFrames, treating absent, empty or zero as one frame."""
     try:
-        frames = int(ds.get("NumberOfFrames") or 1)
+        frames = int(value(ds, "NumberOfFrames") or 1)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return 1
     return max(frames, 1)
 
 
+# String VRs whose raw value ``text`` reads itself, by how pydicom removes padding:
+# from the whole value (values.convert_string), from each value (convert_text), or
+# trailing padding then spaces around each value (convert_UI, with UID's strip).
+_WHOLE_PADDED = frozenset({"AS", "CS", "DA", "DT", "TM"})
+_EACH_PADDED = frozenset({"LO", "SH", "UC"})
+_DATES = frozenset({"DA", "DT", "TM"})
+
+
+def _ascii_text(element: RawDataElement) -> str | None:
+    """The text pydicom's conversion of a raw ASCII string value gives; None: ask pydicom.
+
+    Most of what import reads is short ASCII strings, and converting one through
+    a ``Dataset`` costs ~10 µs, mostly bookkeeping. Only explicit VRs listed above
+    take this way, without an escape sequence (so every character set reads the
+    bytes as ASCII), and only while pydicom's options keep the plain meaning.
+    """
+    raw, vr = element.value, element.VR
+    if (
+        not isinstance(raw, bytes)
+        or not raw.isascii()
+        or b"\x1b" in raw
+        or config.settings.reading_validation_mode == config.RAISE
+        or config.data_element_callback is not None
+    ):
+        return None
+    decoded = raw.decode("ascii")
+    if vr in _WHOLE_PADDED:
+        return None if vr in _DATES and config.datetime_conversion else decoded.rstrip(" \x00")
+    if vr in _EACH_PADDED:
+        return "\\".join(part.rstrip("\x00 ") for part in decoded.split("\\"))
+    if vr == VR.UI:
+        return "\\".join(part.strip() for part in decoded.rstrip("\x00 ").split("\\"))
+    return None
+
+
 def text(ds: Dataset, keyword: str, limit: int = 64) -> str:
     """A header value as clean text for the index (never raises)."""
+    tag = _tag(keyword)
+    element = None if tag is None else ds._dict.get(tag)
+    if type(element) is RawDataElement and (found := _ascii_text(element)) is not None:
+        return found.strip().replace("\x00", "")[:limit]
     try:
-        value = ds.get(keyword)
+        found = value(ds, keyword)
     except Exception:  # a malformed value must not stop an import
         return ""
-    if value is None:
+    if found is None:
         return ""
-    if isinstance(value, MultiValue):
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip().replace("\x00", "")[:limit]
+    if isinstance(found, MultiValue):
+        found = "\\".join(str(v) for v in found)
+    return str(found).strip().replace("\x00", "")[:limit]
 
 
 JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # + JPEG-LS SOF55

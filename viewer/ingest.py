@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from viewer import reports
 from viewer.db import Frame, Instance, Patient, Report, Series, Study
 from viewer.fastheader import IN_MEMORY, MAX_DEPTH, read_header
-from viewer.headers import codestream_size, frame_header, number_of_frames, text
+from viewer.headers import codestream_size, frame_header, number_of_frames, text, value
 from viewer.storage import CHUNK, ObjectStore, TooLarge, read_chunks, stage_file
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -326,12 +326,12 @@ def _short(exc: Exception) -> str:
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
-    value = text(ds, keyword, limit=200)
-    if not value:
+    uid = text(ds, keyword, limit=200)
+    if not uid:
         raise Refused(f"missing {keyword}")
-    if len(value) > 64 or not UID_PATTERN.match(value):
+    if len(uid) > 64 or not UID_PATTERN.match(uid):
         raise Refused(f"{keyword} is not a valid UID")
-    return value
+    return uid
 
 
 def _size(limit: int) -> str:
@@ -340,8 +340,8 @@ def _size(limit: int) -> str:
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
+        found = value(ds, keyword)
+        return int(found) if found not in (None, "") else None  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return None
 
@@ -349,12 +349,12 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 def _frames(ds: Dataset) -> int:
     """NumberOfFrames; absent or empty is one frame, anything but a whole number >= 1 is refused."""
     try:
-        value = ds.get("NumberOfFrames")
+        found = value(ds, "NumberOfFrames")
     except Exception:
-        value = "?"
-    if value is None or str(value).strip() == "":
+        found = "?"
+    if found is None or str(found).strip() == "":
         return 1
-    raw = str(value).strip()
+    raw = str(found).strip()
     if not raw.isdigit() or int(raw) < 1:
         raise Refused(f"NumberOfFrames {raw[:20]!r} is not a whole number of 1 or more")
     return int(raw)
