@@ -34,6 +34,7 @@ from viewer import Services, cli, create_app
 from viewer.config import load_config
 from viewer.db import Instance, Series, Study
 from viewer.ingest import Importer, Limits, Outcome, Summary
+from viewer.storage import ObjectStore
 
 from . import dicomfactory
 from .conftest import ROOT, make_env
@@ -662,3 +663,16 @@ def test_parallel_import_keeps_outcomes_in_order_and_leaves_no_temp_files(
             services.engine.dispose()
         results.append([(o.source, o.status, o.reason, o.sop_uid) for o in summary.outcomes])
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    "digest",
+    ["A" * 64, "g" * 64, "a" * 63, "a" * 65, "../" + "a" * 61, "a" * 63 + "\n", " " + "a" * 63],
+)
+def test_a_stored_file_is_named_only_by_a_sha256_digest(tmp_path: Path, digest: str) -> None:
+    store = ObjectStore(tmp_path / "objects", tmp_path / "tmp")
+    assert store.path("0123456789abcdef" * 4) == (
+        tmp_path / "objects" / "01" / "23" / ("0123456789abcdef" * 4)
+    )
+    with pytest.raises(ValueError, match="not a SHA-256 digest"):
+        store.path(digest)

@@ -38,7 +38,7 @@ class ObjectStore:
         tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if len(digest) != 64 or digest.strip("0123456789abcdef"):
             raise ValueError("not a SHA-256 digest")
         return self.root / digest[:2] / digest[2:4] / digest
 
