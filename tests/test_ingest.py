@@ -144,6 +144,26 @@ def file_size_cap(limit: int) -> Iterator[None]:
 # --- sources and the summary -----------------------------------------------------------
 
 
+def test_a_zip_is_known_by_its_contents_and_a_dicom_file_by_its_preamble(
+    services: Services, tmp_path: Path
+) -> None:
+    """A zip saved without its extension is still opened as one; a DICOM file without
+    one is read as DICOM (its preamble says so, without looking for a zip directory)."""
+    member, plain = dicom_bytes(), dicom_bytes()
+    (tmp_path / "export").write_bytes(zip_bytes({"IM0001": member}))
+    (tmp_path / "IM0002").write_bytes(plain)
+
+    summary = services.importer.import_paths([tmp_path / "export", tmp_path / "IM0002"])
+
+    assert [(o.source, o.status) for o in summary.outcomes] == [
+        (f"{tmp_path / 'export'}:IM0001", "imported"),
+        (str(tmp_path / "IM0002"), "imported"),
+    ]
+    with services.sessions() as db:
+        uids = set(db.scalars(select(Instance.sop_uid)))
+    assert uids == {pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in (member, plain)}
+
+
 def test_files_folders_and_archives_are_all_imported(services: Services, tmp_path: Path) -> None:
     originals = {
         name: dicom_bytes()
