@@ -27,6 +27,7 @@ from .test_accounts import add_study, audit_rows, make_patient, sign_in
 from .test_embed import launch, token_of, trade
 
 BASE = "/dicom-web"
+RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"  # RT Plan Storage: not an image class
 SYNTAXES = "siemens-transfer-syntaxes"
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 
@@ -529,14 +530,18 @@ def test_stow_failures_and_statuses(client: FlaskClient, auth: dict[str, str],
                                     services: Services) -> None:
     good = make_dataset()
     wrong_study = make_dataset()
-    not_an_image = make_dataset()
+    not_an_image = make_dataset()  # an RT Plan: no image class at all
     del not_an_image.PixelData, not_an_image.Rows, not_an_image.Columns
+    not_an_image.SOPClassUID = not_an_image.file_meta.MediaStorageSOPClassUID = RT_PLAN
     not_an_image.StudyInstanceUID = good.StudyInstanceUID
     no_pixels = make_dataset()  # an image's header only: as if cut short
     del no_pixels.PixelData
     no_pixels.StudyInstanceUID = good.StudyInstanceUID
+    no_image = make_dataset()  # an image class cut before Rows: no image left in it
+    del no_image.PixelData, no_image.Rows, no_image.Columns
+    no_image.StudyInstanceUID = good.StudyInstanceUID
     response = stow(client, auth, [encode(good), b"not dicom at all", encode(wrong_study),
-                                   encode(not_an_image), encode(no_pixels)],
+                                   encode(not_an_image), encode(no_pixels), encode(no_image)],
                     url=f"/studies/{good.StudyInstanceUID}")
     assert response.status_code == 202
     body = response.get_json()
@@ -545,7 +550,8 @@ def test_stow_failures_and_statuses(client: FlaskClient, auth: dict[str, str],
     failed = {r["00081155"].get("Value", [""])[0]: r["00081197"]["Value"][0]
               for r in body["00081198"]["Value"]}
     assert failed == {"": 0xC000, wrong_study.SOPInstanceUID: 0xA900,
-                      not_an_image.SOPInstanceUID: 0x0122, no_pixels.SOPInstanceUID: 0xA900}
+                      not_an_image.SOPInstanceUID: 0x0122, no_pixels.SOPInstanceUID: 0xA900,
+                      no_image.SOPInstanceUID: 0xA900}
     assert response.headers.getlist("Warning")
     with services.sessions() as db:
         stored = set(db.scalars(select(Instance.sop_uid)))

@@ -85,6 +85,12 @@ def truncated_before_pixel_data() -> bytes:
     return data[: data.index(PIXEL_DATA_TAG)]
 
 
+def truncated_before_rows() -> bytes:
+    """Cut between SOP Class UID and Rows: an image with no image left in it."""
+    data = encode(make_dataset())
+    return data[: data.index(b"\x28\x00\x02\x00")]  # (0028,0002) Samples per Pixel
+
+
 def truncated_in_meta(cut: int) -> bytes:
     return encode(make_dataset())[:cut]
 
@@ -204,6 +210,8 @@ CASES: dict[str, Case] = {
     "truncated in the pixel data": Case(truncated_in_pixel_data, "the file is truncated"),
     "truncated just before the pixel data": Case(truncated_before_pixel_data,
                                                  "ends before its pixel data"),
+    "truncated before Rows": Case(truncated_before_rows, "truncated or incomplete: an image "
+                                  "(Secondary Capture Image Storage) without pixel data"),
     "truncated in the meta header": Case(lambda: truncated_in_meta(150), "the file is truncated"),
     "truncated inside a meta element": Case(lambda: truncated_in_meta(190),
                                             "the file is truncated"),

@@ -35,7 +35,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -423,6 +423,10 @@ def check(ds: Dataset, limits: Limits, walked: bool = False) -> None:
             # An image's header with nothing after it: a copy or download cut short.
             raise Refused("the file is truncated: it describes an image (Rows/Columns) but "
                           "ends before its pixel data")
+        kind = UID(text(ds, "SOPClassUID")).name
+        if kind.endswith("Image Storage"):  # Pixel Data is Type 1 in every image class
+            raise Refused(f"the file is truncated or incomplete: an image ({kind}) "
+                          "without pixel data")
         raise Refused(
             f"not an image (SOP class {text(ds, 'SOPClassUID')}); "
             "only objects with pixel data can be viewed"
