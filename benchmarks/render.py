@@ -30,7 +30,6 @@ from pathlib import Path
 if not __package__:  # run as a file: put the repo root, not benchmarks/, first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from benchmarks.common import (
     report,
     summary_ms,
 )
-from viewer.fastheader import read_dataset
+from viewer.fastheader import read_file
 from viewer.render import DecodedFrame, Window, decode_frame, encode, render, to_display
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
@@ -112,8 +111,7 @@ def naive_render(raw: np.ndarray, slope: float, intercept: float, window: Window
 
 def read_stored(path: Path) -> Dataset:
     """A file read as the server reads a stored one (walked, or by pydicom)."""
-    with path.open("rb") as handle:
-        return read_dataset(handle, os.fstat(handle.fileno()).st_size, keep_pixels=True)
+    return read_file(path, keep_pixels=True)
 
 
 def header_window(frame: DecodedFrame) -> Window:

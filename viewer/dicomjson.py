@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -25,7 +24,7 @@ from pydicom.tag import BaseTag, Tag
 from werkzeug.exceptions import BadRequest
 
 from viewer.cache import ByteLRU
-from viewer.fastheader import read_dataset
+from viewer.fastheader import read_file
 from viewer.ingest import UNCOMPRESSED
 
 log = logging.getLogger(__name__)
@@ -195,8 +194,7 @@ def read_metadata(path: Any, url: str, transfer_syntax: str, bits_allocated: int
     Pixel Data is never read: it is referenced by ``{url}/bulkdata/7FE00010``. Read
     through ``fastheader``: the first metadata of a series reads every file of it.
     """
-    with open(path, "rb") as handle:
-        ds = read_dataset(handle, os.fstat(handle.fileno()).st_size, stop_before_pixels=True)
+    ds = read_file(path, stop_before_pixels=True)
     charset = ds.get("SpecificCharacterSet", "")
     encoding = SIMPLE_CHARSETS.get(charset if isinstance(charset, str) else "\\".join(charset))
     little = ds.original_encoding[1] if ds.original_encoding else True

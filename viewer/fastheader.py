@@ -16,9 +16,11 @@ None, and the caller reads the file with pydicom, which decides what it is.
 
 from __future__ import annotations
 
+import os
 import struct
 from functools import lru_cache
 from io import BytesIO
+from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
@@ -300,3 +302,11 @@ def read_dataset(handle: BinaryIO, size: int, stop_before_pixels: bool = False,
         source = BytesIO(data)
     return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels,
                            defer_size=None if keep_pixels else DEFER_SIZE)
+
+
+def read_file(path: str | Path, stop_before_pixels: bool = False,
+              keep_pixels: bool = False) -> Dataset:
+    """``read_dataset`` of the file at ``path``."""
+    with open(path, "rb") as handle:
+        return read_dataset(handle, os.fstat(handle.fileno()).st_size, stop_before_pixels,
+                            keep_pixels)

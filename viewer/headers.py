@@ -64,9 +64,13 @@ def value(ds: Dataset, keyword: str) -> object:
     ``__getitem__`` does; anything else is ``ds.get``'s.
     """
     tag = _tag(keyword)
+    return _value(ds, keyword, tag, None if tag is None else ds._dict.get(tag))
+
+
+def _value(ds: Dataset, keyword: str, tag: BaseTag | None, element: object) -> object:
+    """``value`` once ``keyword``'s tag and the element under it are looked up."""
     if tag is None:
         return ds.get(keyword)
-    element = ds._dict.get(tag)
     if element is None:
         return None
     if type(element) is not RawDataElement or element.value is None or element.VR == VR.SQ:
@@ -207,7 +211,7 @@ def text(ds: Dataset, keyword: str, limit: int = 64) -> str:
     if type(element) is RawDataElement and (found := _ascii_text(element)) is not None:
         return found.strip().replace("\x00", "")[:limit]
     try:
-        found = value(ds, keyword)
+        found = _value(ds, keyword, tag, element)
     except Exception:  # a malformed value must not stop an import
         return ""
     if found is None:

@@ -41,7 +41,7 @@ from viewer.dicomjson import (
     services,
 )
 from viewer.download import share_may_download
-from viewer.fastheader import read_dataset
+from viewer.fastheader import read_file
 from viewer.headers import stored_syntax
 from viewer.multipart import closing, new_boundary, part_head
 from viewer.negotiation import MediaRange, media_ranges, require_json
@@ -394,8 +394,7 @@ class FrameReader:
         self.path = Path(path)
         self.syntax = syntax
         try:
-            with self.path.open("rb") as handle:
-                self.ds = read_dataset(handle, os.fstat(handle.fileno()).st_size)
+            self.ds = read_file(self.path)
             element = self.ds.get_item("PixelData", keep_deferred=True)
         except READ_ERRORS as exc:
             raise UnprocessableEntity(f"the stored file cannot be read: {exc}") from None
@@ -483,8 +482,7 @@ def retrieve_frames(study_uid: str, series_uid: str, sop_uid: str, frames: str) 
 
 def _element_value(path: Path, steps: list[BaseTag | int]) -> bytes:
     try:
-        with path.open("rb") as handle:
-            ds = read_dataset(handle, os.fstat(handle.fileno()).st_size, stop_before_pixels=True)
+        ds = read_file(path, stop_before_pixels=True)
     except READ_ERRORS as exc:
         raise UnprocessableEntity(f"the stored file cannot be read: {exc}") from None
     current: Any = ds
