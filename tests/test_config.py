@@ -29,6 +29,8 @@ def test_defaults_and_generated_secret(tmp_path: Path) -> None:
         ("VIEWER_CACHE_MB", "-5", "zero or a positive"),
         ("VIEWER_BIND", "8000", "HOST:PORT"),
         ("VIEWER_BIND", "127.0.0.1:99999", "HOST:PORT"),
+        ("VIEWER_BIND", "127.0.0.1:\u00b2", "HOST:PORT"),  # "²" passes str.isdigit
+        ("VIEWER_SMTP_PORT", "\u00b2", "port number"),
         ("VIEWER_SECRET_KEY", "short", "at least 16"),
         ("VIEWER_WORKERS", "0", "positive"),
         ("VIEWER_SECURE_COOKIES", "maybe", "auto, true or false"),

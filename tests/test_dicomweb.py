@@ -25,6 +25,7 @@ from .conftest import make_env
 from .dicomfactory import encode, make_dataset
 from .test_accounts import add_study, audit_rows, make_patient, sign_in
 from .test_embed import launch, token_of, trade
+from .test_malformed import transfer_syntax_uid, truncated_in_meta, with_content_time, with_vr
 
 BASE = "/dicom-web"
 RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"  # RT Plan Storage: not an image class
@@ -431,6 +432,47 @@ def test_metadata_values_match_pydicom_in_every_encoding(
                 assert rebuilt[keyword].value == original[keyword].value, (key, keyword)
         if "SharedFunctionalGroupsSequence" in original:
             assert len(rebuilt.PerFrameFunctionalGroupsSequence) == original.NumberOfFrames
+
+
+def test_damaged_stored_values_do_not_break_metadata_or_retrieve(
+        client: FlaskClient, auth: dict[str, str], services: Services, tmp_path: Path) -> None:
+    """Files the import keeps although a value is damaged: a VR pydicom does not know
+    (ContentTime's), a transfer syntax UID that names none. Metadata leaves the value out;
+    retrieve sends such a file as stored; neither is a 500."""
+    unknown_vr = with_vr(b"\x08\x00\x33\x00TM", b"PM", with_content_time())
+    no_syntax = transfer_syntax_uid(b"1.2.840.10008.1.2.3\0")
+    paths = []
+    for name, data in (("vr.dcm", unknown_vr), ("syntax.dcm", no_syntax)):
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    assert services.importer.import_paths(paths).counts["imported"] == 2
+    damaged, odd = ids(paths[0]), ids(paths[1])
+    [meta] = client.get(instance_path(damaged) + "/metadata", headers=auth).get_json()
+    assert "00080033" not in meta and meta["00080018"]["Value"] == [damaged["sop"]]
+    study = client.get(f"{BASE}/studies/{damaged['study']}/metadata", headers=auth)
+    assert study.status_code == 200 and len(study.get_json()) == 1
+    retrieved = client.get(f"{BASE}/studies/{odd['study']}", headers=auth)
+    assert retrieved.status_code == 200
+    [(headers, body)] = parts(retrieved)
+    assert body == no_syntax  # as stored: there is nothing to convert it from
+    assert headers["Content-Type"].endswith("transfer-syntax=1.2.840.10008.1.2.3")
+
+
+def test_stow_refuses_files_the_import_cannot_read(
+        client: FlaskClient, auth: dict[str, str], services: Services) -> None:
+    """Cut inside the file meta (0xC000, cannot understand), or BitsAllocated with an
+    unknown VR (0xA900, does not match its SOP class): failed parts with their reasons,
+    not a 500; nothing is stored."""
+    cut = truncated_in_meta(138)
+    bad_vr = with_vr(b"\x28\x00\x00\x01US", b"U\xd3")
+    response = stow(client, auth, [cut, bad_vr])
+    assert response.status_code == 409
+    failed = response.get_json()["00081198"]["Value"]
+    assert [f["00081197"]["Value"] for f in failed] == [[0xC000], [0xA900]]
+    warnings = " ".join(response.headers.getlist("Warning"))
+    assert "truncated" in warnings and "BitsAllocated" in warnings
+    with services.sessions() as db:
+        assert db.scalars(select(Instance.sop_uid)).all() == []
 
 
 # --- frames --------------------------------------------------------------------------------

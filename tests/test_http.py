@@ -123,6 +123,8 @@ def test_rendered_parameters_accepted(client: FlaskClient, auth, ge, query: str)
         ("viewport=10,10,1,1,0,5", "must not be zero"),
         ("viewport=10,10,9000,9000,5,5", "outside the image"),
         ("quality=101", "quality"),
+        ("quality=%C2%B2", "quality"),  # "²": str.isdigit says yes, int() says no
+        ("viewport=%C2%B2,10", "vw"),
         ("accept=image/webp", "not supported"),
         ("annotation=everything", "annotation"),
         ("colour=red", "unsupported parameter"),
@@ -267,3 +269,71 @@ def test_page_errors_are_friendly_html(client: FlaskClient) -> None:
     assert response.status_code == 404
     assert response.mimetype == "text/html"
     assert b"Traceback" not in response.data
+
+
+def test_a_viewport_region_a_fraction_of_a_pixel_wide(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    """The region is scaled up to the viewport, however small: never an infinite scale."""
+    url = series_json(client, auth, ge)["stacks"][0]["slices"][0]["url"]
+    for region, size in (("5e-324,5e-324", (10, 10)), ("5e-324,50", (1, 10)),
+                         ("50,1e-310", (10, 1))):
+        response = client.get(f"{url}?viewport=10,10,0,0,{region}&accept=image/png",
+                              headers=auth)
+        assert response.status_code == 200, response.data
+        assert png(response.data).shape[::-1] == size, region
+
+
+def test_thumbnails_refuse_annotations(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    series = f"/dicom-web/studies/{ge['study']}/series/{ge['series']}"
+    for url in (f"{series}/thumbnail", f"{series}/thumbnail?viewport=64,64"):
+        assert client.get(url, headers=auth).status_code == 200
+        response = client.get(f"{url}{'&' if '?' in url else '?'}annotation=patient",
+                              headers=auth)
+        assert response.status_code == 400
+        assert "not offered for thumbnails" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(("method", "path", "options", "status", "reason"), [
+    ("GET", "/dicom-web/studies?limit=%C2%B2", {}, 400, "limit: must be a whole number"),
+    ("GET", "/dicom-web/series?offset=%C2%B2", {}, 400, "offset: must be a whole number"),
+    ("GET", "/dicom-web/series?SeriesNumber=--1", {}, 400, "seriesnumber: must be"),
+    ("GET", "/dicom-web/instances?00200013=%C2%B2", {}, 400, "instancenumber: must be"),
+    ("GET", "{instance}/frames/%C2%B2", {}, 400, "frames: expected frame numbers"),
+    ("GET", "{instance}/frames/1,%C2%B2/rendered", {}, 400, "frames: expected"),
+    ("GET", "{instance}/bulkdata/00091002/%C2%B2/00091010", {}, 400, "not an item index"),
+    ("DELETE", "/api/shares/9223372036854775808", {}, 404, "not found"),
+    ("GET", "/embed/99999999999999999999/launch", {}, 404, "not found"),
+    ("POST", "/api/session", {"data": '{"username": "\\ud800", "password": "x"}',
+                              "content_type": "application/json"}, 400, "send json"),
+    ("POST", "/api/session", {"data": "[" * 100_000 + "]" * 100_000,
+                              "content_type": "application/json"}, 400, "send json"),
+    ("POST", "/api/session", {"headers": {"Origin": "http://["}, "json": {}}, 403,
+     "cross-site request refused"),
+])
+def test_hostile_requests_get_a_clear_4xx(  # type: ignore[no-untyped-def]
+    client: FlaskClient, auth, ge, method: str, path: str, options: dict, status: int,
+    reason: str,
+) -> None:
+    """Inputs a fuzzer found answered 500 once: odd digits ("²" passes ``str.isdigit``),
+    ids past a 64-bit integer, half a surrogate pair, JSON nested 100,000 deep, an
+    Origin that cannot be parsed."""
+    sop = client.get(f"/dicom-web/studies/{ge['study']}/series/{ge['series']}/instances",
+                     headers=auth).get_json()[0]["00080018"]["Value"][0]
+    instance = f"/dicom-web/studies/{ge['study']}/series/{ge['series']}/instances/{sop}"
+    options = dict(options)
+    headers = {**({} if path.startswith(("/api/session", "/embed")) else auth),
+               **options.pop("headers", {})}
+    response = client.open(path.format(instance=instance), method=method, headers=headers,
+                           **options)
+    assert response.status_code == status, response.data
+    assert reason in response.get_data(as_text=True).lower()
+
+
+def test_a_host_header_werkzeug_refuses_gets_a_plain_error_page(client: FlaskClient) -> None:
+    """No URL can be built for it, so the page has no links; still a 400 page, not a 500."""
+    for path in ("/", "/signin", "/nothing-here"):
+        response = client.get(path, headers={"Host": "a" * 64, "Accept": "text/html"})
+        assert response.status_code == 400
+        assert response.mimetype == "text/html"
+        assert b"That request was not understood" in response.data
+    api = client.get("/api/studies", headers={"Host": "a" * 64})
+    assert api.status_code == 400 and api.get_json()["error"]

@@ -24,7 +24,7 @@ from pydicom.uid import (
 )
 from sqlalchemy import func, select
 
-from viewer import Services
+from viewer import Services, ingest
 from viewer.db import Instance
 from viewer.headers import codestream_size
 
@@ -93,6 +93,26 @@ def truncated_before_rows() -> bytes:
 
 def truncated_in_meta(cut: int) -> bytes:
     return encode(make_dataset())[:cut]
+
+
+def with_vr(tag_and_vr: bytes, vr: bytes, ds: Dataset | None = None) -> bytes:
+    """A file whose element (tag + explicit VR) claims another, unknown VR."""
+    data = encode(ds or make_dataset())
+    at = data.index(tag_and_vr)
+    return data[: at + 4] + vr + data[at + 6 :]
+
+
+def with_content_time() -> Dataset:
+    ds = make_dataset()
+    ds.ContentTime = "101010"
+    return ds
+
+
+def transfer_syntax_uid(uid: bytes) -> bytes:
+    """A valid file whose meta names ``uid`` (20 bytes, padded) as its transfer syntax."""
+    data = encode(make_dataset())
+    assert data.count(b"1.2.840.10008.1.2.1\0") == 1
+    return data.replace(b"1.2.840.10008.1.2.1\0", uid)
 
 
 def pixel_data_length(length: int) -> bytes:
@@ -218,6 +238,17 @@ CASES: dict[str, Case] = {
     "truncated inside the SOP Instance UID": Case(lambda: truncated_in_meta(400),
                                                   "the file is truncated"),
     "only a preamble": Case(lambda: truncated_in_meta(132), "the file is truncated"),
+    "truncated inside the meta group length": Case(lambda: truncated_in_meta(138),
+                                                   "the file is truncated"),
+    "BitsAllocated with a VR that does not exist": Case(
+        lambda: with_vr(b"\x28\x00\x00\x01US", b"U\xd3"),
+        "BitsAllocated (missing or unreadable) is not 1, 8, 16 or 32"),
+    "ContentTime with a VR that does not exist": Case(
+        lambda: with_vr(b"\x08\x00\x33\x00TM", b"PM", with_content_time()), status=200),
+    "a transfer syntax UID that names no transfer syntax": Case(
+        lambda: transfer_syntax_uid(b"1.2.840.10008.1.2.3\0"), status=422),
+    "a private transfer syntax": Case(
+        lambda: transfer_syntax_uid(b"1.2.840.113619.5.2\0\0"), status=422),
     "pixel data length larger than the file": Case(lambda: pixel_data_length(0x7FFFFFF0),
                                                    "claims 2147483632 bytes"),
     "element length larger than the file": Case(patient_name_length_past_end,
@@ -412,6 +443,31 @@ def test_pydicom_broken_test_files(services: Services, tmp_path: Path) -> None:
     assert reasons["JPEG2000-embedded-sequence-delimiter.dcm"][1].startswith(
         "an encoded frame is")
     assert reasons["CT_small.dcm"] == ("imported", "")
+
+
+def test_an_unforeseen_failure_refuses_only_that_file(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever else goes wrong reading a file is that file's refusal, never the batch's."""
+    good, bad = encode(make_dataset()), encode(make_dataset(rows=8))
+    real = ingest.describe
+
+    def describe(ds: Dataset) -> ingest.Record:
+        if int(ds.Rows) == 8:
+            raise RuntimeError("a failure nobody foresaw")
+        return real(ds)
+
+    monkeypatch.setattr(ingest, "describe", describe)
+    (tmp_path / "good.dcm").write_bytes(good)
+    (tmp_path / "bad.dcm").write_bytes(bad)
+    services.importer.workers = 1
+    summary = services.importer.import_paths([tmp_path / "bad.dcm", tmp_path / "good.dcm"])
+    assert [(Path(o.source).name, o.status, o.reason) for o in summary.outcomes] == [
+        ("bad.dcm", "refused", "not a readable DICOM file (a failure nobody foresaw)"),
+        ("good.dcm", "imported", ""),
+    ]
+    assert stored_files(services) == {hashlib.sha256(good).hexdigest(): good}
+    assert list(services.store.tmp.iterdir()) == []
 
 
 def test_codestream_size_reads_jpeg_jpegls_and_jpeg2000_headers() -> None:

@@ -133,6 +133,15 @@ def test_viewport_keeps_aspect_and_crops_the_region() -> None:
         apply_viewport(image, Viewport(10, 10, (500, 500, 10, 10)))
 
 
+def test_viewport_of_a_region_smaller_than_a_pixel() -> None:
+    """Scaling is decided by cross-multiplying, so no region makes an infinite scale."""
+    image = np.arange(200 * 100, dtype=np.uint32).reshape(100, 200).astype(np.uint8)
+    for region, shape in (((0, 0, 5e-324, 5e-324), (10, 10)), ((0, 0, 5e-324, 50), (10, 1)),
+                          ((0, 0, 50, 5e-324), (1, 10))):
+        assert apply_viewport(image, Viewport(10, 10, region)).shape == shape, region
+    assert (apply_viewport(image, Viewport(10, 10, (0, 0, 5e-324, 5e-324))) == image[0, 0]).all()
+
+
 def test_png_round_trips_through_pillow() -> None:
     rng = np.random.default_rng(2)
     for image in (

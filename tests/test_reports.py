@@ -138,6 +138,10 @@ def test_addendum_is_shown_after_the_report(app: Flask, client: FlaskClient, aut
     ({"signed_at": "yesterday"}, "signed_at"),
     ({"signed_at": None}, "signed_at is required"),
     ({"signed_at": "2999-01-01T00:00:00"}, "future"),
+    ({"signed_at": "0001-01-01T00:00:00+14:00"}, "signed_at is out of range"),
+    ({"signed_at": "9999-12-31T23:59:59-14:00"}, "signed_at is out of range"),
+    ({"text": "\ud800"}, "send a JSON object"),  # half a surrogate pair, escaped in JSON
+    ({"radiologist": "Dr \udfff"}, "send a JSON object"),
     ({"radiologist": ""}, "radiologist"),
     ({"text": "", "pdf_base64": None}, "text, pdf_base64"),
     ({"text": 12}, "text must be a string"),

@@ -44,13 +44,13 @@ def _non_negative_int(value: str) -> int:
 
 def _bind(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError("must look like HOST:PORT, for example 127.0.0.1:8000")
     return value
 
 
 def _port(value: str) -> int:
-    if not value.isdigit() or not 0 < int(value) < 65536:
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 65536:
         raise ValueError("must be a port number from 1 to 65535")
     return int(value)
 

@@ -183,7 +183,8 @@ def _dataset_json(ds: Dataset, bulk: str, path: str, encoding: str | None,
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             else:
                 out[key] = full.to_json_dict(None, BULK_THRESHOLD)
-        except (ValueError, TypeError, KeyError, OverflowError, UnicodeError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, UnicodeError,
+                NotImplementedError) as exc:  # NotImplementedError: a VR pydicom does not know
             log.warning("metadata: element %s left out: %s", key, exc)
     return out
 
@@ -229,7 +230,7 @@ def parse_bulk_path(text: str) -> list[BaseTag | int]:
                 raise BadRequest(f"bulkdata: {piece[:20]!r} is not an attribute tag")
             out.append(Tag(int(piece, 16)))
         else:
-            if not piece.isdigit():
+            if not (piece.isascii() and piece.isdigit()):
                 raise BadRequest(f"bulkdata: {piece[:20]!r} is not an item index")
             out.append(int(piece))
     return out

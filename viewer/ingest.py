@@ -266,7 +266,7 @@ def _dcmread(source: Path | BytesIO, force: bool) -> Dataset:
 
 def _meta_fits(head: bytes) -> bool:
     """Whether ``head`` holds the whole file meta group (by its group length, 0002,0000)."""
-    if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
         return False
     length = struct.unpack("<I", head[140:144])[0]
     return 144 + length <= len(head)
@@ -358,7 +358,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         found = value(ds, keyword)
         return int(found) if found not in (None, "") else None  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, NotImplementedError):  # NotImplementedError: unknown VR
         return None
 
 
@@ -371,7 +371,7 @@ def _frames(ds: Dataset) -> int:
     if found is None or str(found).strip() == "":
         return 1
     raw = str(found).strip()
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise Refused(f"NumberOfFrames {raw[:20]!r} is not a whole number of 1 or more")
     return int(raw)
 
@@ -441,7 +441,9 @@ def check(ds: Dataset, limits: Limits, walked: bool = False) -> None:
         )
     bits = _int(ds, "BitsAllocated")
     if bits not in BITS_ALLOCATED:
-        raise Refused(f"BitsAllocated {text(ds, 'BitsAllocated', 20)!r} is not 1, 8, 16 or 32")
+        shown = text(ds, "BitsAllocated", 20)
+        raise Refused(f"BitsAllocated {repr(shown) if shown else '(missing or unreadable)'} "
+                      "is not 1, 8, 16 or 32")
     samples = _int(ds, "SamplesPerPixel")
     samples = 1 if samples is None else samples
     if samples not in (1, 3):
@@ -634,6 +636,8 @@ def _inspect_job(path: str, limits: Limits) -> Record | ReportRecord | str:
         return inspect(Path(path), limits)
     except Refused as exc:
         return str(exc)
+    except Exception as exc:  # any other failure reading an untrusted file is a refusal too
+        return f"not a readable DICOM file ({_short(exc)})"
 
 
 # One source of a batch, checked: its index, its staged file (None if refused while

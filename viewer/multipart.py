@@ -64,10 +64,10 @@ class MultipartReader:
     """
 
     def __init__(self, stream: BinaryIO, boundary: str) -> None:
-        if not boundary or len(boundary) > 70:
+        if not boundary or len(boundary) > 70 or not boundary.isascii():  # RFC 2046 5.1.1
             raise MultipartError("the Content-Type has no valid boundary parameter")
         self.stream = stream
-        self.delimiter = b"\r\n--" + boundary.encode("latin-1")
+        self.delimiter = b"\r\n--" + boundary.encode("ascii")
         # A CRLF in front lets the first delimiter (which may open the body) match too.
         self.buffer = b"\r\n"
         self.eof = False

@@ -87,7 +87,7 @@ def parse_query(level: str) -> Query:
     query = Query()
     for key, value in request.args.items(multi=True):
         if key in ("limit", "offset"):
-            if not value.isdigit() or int(value) > MAX_INT:
+            if not (value.isascii() and value.isdigit()) or int(value) > MAX_INT:
                 raise BadRequest(f"{key}: must be a whole number up to {MAX_INT}")
             if key == "offset":
                 query.offset = int(value)
@@ -133,7 +133,7 @@ def _match(stmt: Select, keyword: str, value: str) -> Select:
     if key.kind == "uid":
         return stmt.where(column.in_([v.strip() for v in value.split(",") if v.strip()]))
     if key.kind == "int":
-        if not value.strip().lstrip("-").isdigit() or abs(int(value)) > MAX_INT:
+        if not re.fullmatch(r"\s*-?[0-9]+\s*", value) or abs(int(value)) > MAX_INT:
             raise BadRequest(f"{keyword}: must be a whole number up to {MAX_INT}")
         return stmt.where(column == int(value))
     if key.kind == "modalities":

@@ -296,8 +296,12 @@ def apply_viewport(image: np.ndarray, viewport: Viewport | None) -> np.ndarray:
         return image
     box, flip_x, flip_y = region_box(image.shape, viewport.region)
     box_w, box_h = box[2] - box[0], box[3] - box[1]
-    scale = min(viewport.width / box_w, viewport.height / box_h)
-    size = (max(1, round(box_w * scale)), max(1, round(box_h * scale)))
+    # Fit by cross-multiplying: a region a fraction of a pixel wide must not make an
+    # infinite scale.
+    if box_w * viewport.height >= box_h * viewport.width:
+        size = (viewport.width, max(1, round(viewport.width * box_h / box_w)))
+    else:
+        size = (max(1, round(viewport.height * box_w / box_h)), viewport.height)
     full = box == (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
     if not (full and size == (image.shape[1], image.shape[0])):
         resized = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, box=box)

@@ -34,6 +34,11 @@ class RenderParams:
         return repr((self.window, self.viewport, self.quality, self.media_type, self.annotations))
 
 
+def _whole(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _number(text: str, what: str) -> float:
     try:
         value = float(text)
@@ -64,7 +69,7 @@ def parse_viewport(text: str) -> Viewport:
         raise BadRequest("viewport: expected vw,vh or vw,vh,sx,sy,sw,sh")
     size = []
     for part, name in zip(parts[:2], ("vw", "vh"), strict=True):
-        if not part.isdigit() or not 1 <= int(part) <= MAX_VIEWPORT:
+        if not _whole(part) or not 1 <= int(part) <= MAX_VIEWPORT:
             raise BadRequest(f"viewport: {name} must be a whole number from 1 to {MAX_VIEWPORT}")
         size.append(int(part))
     region = None
@@ -79,7 +84,7 @@ def parse_viewport(text: str) -> Viewport:
 
 
 def parse_quality(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 100:
+    if not _whole(text) or not 1 <= int(text) <= 100:
         raise BadRequest("quality: must be a whole number from 1 to 100")
     return int(text)
 
@@ -109,6 +114,8 @@ def parse(args: MultiDict, accept: MIMEAccept, thumbnail: bool = False) -> Rende
     if unknown:
         raise BadRequest(f"unsupported parameter(s): {', '.join(unknown)}")
     annotations: tuple[str, ...] = ()
+    if thumbnail and "annotation" in args:
+        raise BadRequest("annotation: not offered for thumbnails; use the rendered resource")
     if args.get("annotation"):
         annotations = tuple(a.strip().lower() for a in args["annotation"].split(","))
         bad = [a for a in annotations if a not in ANNOTATIONS]

@@ -444,7 +444,10 @@ def _parse_when(value: Any, name: str) -> datetime | None:
     except ValueError:
         _bad(f"{name} is not an ISO 8601 date or date-time: {value[:40]!r}")
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+            _bad(f"{name} is out of range: {value[:40]!r}")
     return parsed
 
 

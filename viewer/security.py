@@ -8,9 +8,14 @@ an unexpected failure is logged and answered 500 without details.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
+from flask.globals import request_ctx
+from flask.json.provider import DefaultJSONProvider
+from markupsafe import escape
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter, Map
 
 from viewer.render import RenderError
 
@@ -51,11 +56,16 @@ def error_response(status: int, message: str) -> Response:
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="viewer"'
         return response
+    title = TITLES.get(status, "Error")
+    if request_ctx.url_adapter is None:
+        # Werkzeug refused the Host header, so no URL (not even the stylesheet's) can be
+        # built: a plain page instead of the template.
+        html = (f"<!doctype html><title>{escape(title)}</title><h1>{escape(title)}</h1>"
+                f"<p>{escape(message)}</p>")
+        return Response(html, status=status, mimetype="text/html")
     if status == 401:
         return redirect(url_for("signin.signin_form", next=request.path))  # type: ignore[return-value]
-    html = render_template(
-        "error.html", status=status, title=TITLES.get(status, "Error"), message=message
-    )
+    html = render_template("error.html", status=status, title=title, message=message)
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -72,7 +82,52 @@ def _add_headers(response: Response) -> Response:
     return response
 
 
+def _check_text(value: Any) -> None:
+    """Raise ValueError if a string anywhere in ``value`` is not valid Unicode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a JSON string holds a lone surrogate (\\ud800-\\udfff)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Request bodies whose strings are all valid Unicode and whose nesting Python can parse.
+
+    JSON may escape half a surrogate pair (``"\\ud800"``); Python parses it into a
+    string that no database, hash or encoder takes. Refused here, it is a bad body
+    (``get_json`` answers None, or 400) instead of a 500 wherever the string goes.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            data = super().loads(s, **kwargs)
+            if (b"\\u" if isinstance(s, bytes) else "\\u") in s:
+                _check_text(data)
+        except RecursionError:  # [[[[…]]]] a hundred thousand deep
+            raise ValueError("the JSON is nested too deeply") from None
+        return data
+
+
+class DatabaseId(IntegerConverter):
+    """``<int:…>`` in a route: a number past a 64-bit database integer is 404, not a crash."""
+
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(url_map, *args, **kwargs)
+
+
 def init_app(app: Flask) -> None:
+    """Before any blueprint: the ``int`` converter is bound when a route is added."""
+    app.url_map.converters["int"] = DatabaseId
+    app.json = StrictJSONProvider(app)
     app.after_request(_add_headers)
 
     @app.errorhandler(HTTPException)

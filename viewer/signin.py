@@ -155,6 +155,14 @@ def login_link(secret: str) -> Response:
     return response  # type: ignore[return-value]
 
 
+def _netloc(url: str) -> str:
+    """The host[:port] of ``url``; empty for one that cannot be parsed (``http://[``)."""
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
+        return ""
+
+
 def _csrf_guard() -> None:
     """Refuse cross-site state changes: Origin must be ours, and a cookie session's
     requests must carry its CSRF token. Bearer-token calls carry no ambient
@@ -166,7 +174,7 @@ def _csrf_guard() -> None:
     if request.headers.get("Authorization", "").lower().startswith("bearer "):
         return
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+    if origin and origin != "null" and _netloc(origin) != request.host:
         abort(403, description="cross-site request refused")
     if request.endpoint == "embed.session":
         return

@@ -113,7 +113,7 @@ class PartSource:
 
     def source(self, number: int) -> Source:
         declared = self.part.headers.get("Content-Length", "")
-        size = int(declared) if declared.isdigit() else None
+        size = int(declared) if declared.isascii() and declared.isdigit() else None
         return Source(f"part {number}", self.chunks, size)
 
 

@@ -39,8 +39,8 @@ def convertible(syntax: str) -> bool:
     uid = UID(syntax)
     if uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         return True
-    if not uid.is_compressed:
-        return False  # big endian, or not a transfer syntax pydicom knows
+    if not uid.is_transfer_syntax or not uid.is_compressed:
+        return False  # big endian, a private syntax, or a UID that is no transfer syntax
     try:
         return get_decoder(uid).is_available
     except NotImplementedError:

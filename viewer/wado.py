@@ -71,7 +71,9 @@ FRAME_MEDIA = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 # What a stored file cannot be read as (for a 422, never around store.path()).
-READ_ERRORS = (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OSError)
+# NotImplementedError: pydicom's answer to a value with a VR it does not know.
+READ_ERRORS = (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OSError,
+               NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -335,9 +337,10 @@ def parse_frames(text: str, count: int) -> list[int]:
     """``1`` or ``1,2,3`` (1-based); 400 if malformed, 404 past the last frame."""
     numbers = []
     for part in text.split(","):
-        if not part.strip().isdigit():
+        digits = part.strip()
+        if not (digits.isascii() and digits.isdigit()):
             raise BadRequest("frames: expected frame numbers like 1 or 1,2,3")
-        number = int(part)
+        number = int(digits)
         if not 1 <= number <= count:
             raise NotFound(f"frame {number} does not exist (the instance has {count})")
         numbers.append(number)
