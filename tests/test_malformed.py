@@ -108,6 +108,33 @@ def with_content_time() -> Dataset:
     return ds
 
 
+def palette_one_column() -> bytes:
+    """PALETTE COLOR whose pixel data holds 16 times Rows x Columns (pydicom reads frames)."""
+    ds = pydicom.dcmread(io.BytesIO(palette(256, 256)))
+    ds.Columns = 1
+    return encode(ds)
+
+
+def palette_three_samples() -> bytes:
+    """PALETTE COLOR with three samples per pixel: indexes cannot be three numbers."""
+    ds = pydicom.dcmread(io.BytesIO(palette(256, 256)))
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PixelData = bytes(range(256)) * 3
+    return encode(ds)
+
+
+def jpeg_frames_claimed(frames: int) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(jpeg_dataset([jpeg_frame()])))
+    ds.NumberOfFrames = frames
+    return encode(ds)
+
+
+def instance_number(raw: str) -> bytes:
+    ds = make_dataset()
+    ds.InstanceNumber = raw
+    return encode(ds)
+
+
 def transfer_syntax_uid(uid: bytes) -> bytes:
     """A valid file whose meta names ``uid`` (20 bytes, padded) as its transfer syntax."""
     data = encode(make_dataset())
@@ -273,11 +300,18 @@ CASES: dict[str, Case] = {
     "pixel data longer than declared": Case(lambda: pixels_of_length(512 + 256), status=200),
     "palette indexes beyond the LUT": Case(lambda: palette(16, 16), status=200),
     "palette LUT shorter than its descriptor": Case(lambda: palette(256, 16), status=422),
+    "palette pixel data holding many times Rows x Columns": Case(palette_one_column, status=200),
+    "palette with three samples per pixel": Case(palette_three_samples, status=422),
+    "InstanceNumber past 64 bits": Case(lambda: instance_number("99999999999999999999"),
+                                        status=200),
     "JPEG control: a valid frame": Case(lambda: jpeg_dataset([jpeg_frame()]), status=200),
     "JPEG frame that is garbage": Case(
         lambda: jpeg_dataset([b"\xff\xd8" + bytes(300) + b"\xff\xd9"]), status=422),
     "JPEG frame that is not JPEG at all": Case(lambda: jpeg_dataset([b"GIF89a" + bytes(64)]),
                                                status=422),
+    "NumberOfFrames larger than the encoded fragments": Case(
+        lambda: jpeg_frames_claimed(2), "NumberOfFrames says 2 but the pixel data holds 1 "
+        "encoded fragment"),
     "JPEG frame smaller than Rows/Columns": Case(
         lambda: jpeg_dataset([jpeg_frame(8, 8)]), "encoded frame is 8x8 pixels"),
     "JPEG frame larger than Rows/Columns": Case(
@@ -378,6 +412,73 @@ def test_broken_frames_of_a_multiframe_instance_answer_422(
     assert response.status_code == 422
     assert response.get_json()["error"].startswith("cannot decode the pixel data")
     assert client.get(frames.format(3), headers=auth).status_code == 404
+
+
+def test_a_frame_that_fails_mid_answer_cuts_the_multipart_short(
+    services: Services, client: FlaskClient, auth: dict[str, str], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Frame 1 is sent before frame 2 is read: when frame 2 cannot be, the answer ends
+    without its closing delimiter (an incomplete multipart, not a frame left out)."""
+    data = jpeg_dataset([jpeg_frame(), b"\xff\xd8" + bytes(300) + b"\xff\xd9"])
+    (tmp_path / "two.dcm").write_bytes(data)
+    assert services.importer.import_paths([tmp_path / "two.dcm"]).counts == {"imported": 1}
+    frames = rendered_url(data).removesuffix("/rendered") + "/frames/1,2"
+    octets = {**auth, "Accept": 'multipart/related; type="application/octet-stream"'}
+    response = client.get(frames, headers=octets)
+    assert response.status_code == 200
+    body = response.get_data()
+    boundary = response.headers["Content-Type"].rsplit("boundary=", 1)[1].encode()
+    assert body.count(b"--" + boundary) == 1 and not body.endswith(b"--" + boundary + b"--\r\n")
+    assert len(np.frombuffer(body.split(b"\r\n\r\n", 1)[1][:256], np.uint8)) == 256
+    assert "cut short: frame 2 cannot be decoded" in caplog.text
+
+
+def test_a_decoder_panic_is_a_422(services: Services, client: FlaskClient,
+                                  auth: dict[str, str], corpus: Path, tmp_path: Path) -> None:
+    """One byte changed in an RLE segment makes pylibjpeg-rle's Rust decoder panic; pyo3
+    raises that as PanicException, a BaseException that ``except Exception`` misses."""
+    data = bytearray((corpus / "siemens-transfer-syntaxes" / "4.dcm").read_bytes())
+    assert data[105196] == 0xF5  # the corpus file as the fuzzer found it
+    data[105196] = 0xBC
+    (tmp_path / "rle.dcm").write_bytes(data)
+    assert services.importer.import_paths([tmp_path / "rle.dcm"]).counts == {"imported": 1}
+    instance = rendered_url(bytes(data)).removesuffix("/rendered")
+    octets = {**auth, "Accept": 'multipart/related; type="application/octet-stream"'}
+    for url, headers in ((instance + "/rendered", auth), (instance + "/thumbnail", auth),
+                         (instance + "/frames/1", octets), (instance, auth)):
+        response = client.get(url, headers=headers)
+        assert response.status_code == 422, url
+        assert "index out of bounds" in response.get_json()["error"]
+    stored = client.get(instance, headers={**auth, "Accept": 'multipart/related; '
+                                           'type="application/dicom"; transfer-syntax=*'})
+    assert stored.status_code == 200 and bytes(data) in stored.get_data()
+
+
+def test_a_batch_twin_of_a_file_that_cannot_be_indexed_is_not_present(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second source of a SOP Instance UID in one batch waits for the first: if the
+    first could not be indexed, the twin is refused too, never 'present'."""
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the index is broken")
+
+    monkeypatch.setattr(ingest, "index_instances", broken)
+    monkeypatch.setattr(ingest, "index_record", broken)
+    ds = make_dataset()
+    first = encode(ds)
+    ds.PatientName = "Other^Bytes"
+    other = encode(ds)
+    for name, data in (("a.dcm", first), ("b.dcm", first), ("c.dcm", other)):
+        (tmp_path / name).write_bytes(data)
+    summary = services.importer.import_paths([tmp_path / n for n in ("a.dcm", "b.dcm", "c.dcm")])
+    reason = "could not be indexed (the index is broken)"
+    assert [(o.status, o.reason) for o in summary.outcomes] == [
+        ("refused", reason), ("refused", reason),
+        ("refused", f"same SOP Instance UID as {tmp_path / 'a.dcm'}, which was refused: "
+                    f"{reason}"),
+    ]
+    assert stored_files(services) == {}
 
 
 def test_multiframe_instance_with_no_decodable_frame_answers_422(

@@ -355,11 +355,16 @@ def _size(limit: int) -> str:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """A whole-number value; None if absent, unreadable or past the index's 64-bit integers.
+
+    IS is 32-bit by the standard, but its 12 characters spell more and files do; an
+    overlong value can spell anything (1e20)."""
     try:
         found = value(ds, keyword)
-        return int(found) if found not in (None, "") else None  # type: ignore[call-overload]
+        number = int(found) if found not in (None, "") else None  # type: ignore[call-overload]
     except (TypeError, ValueError, NotImplementedError):  # NotImplementedError: unknown VR
         return None
+    return number if number is None or -(2**63) <= number < 2**63 else None
 
 
 def _frames(ds: Dataset) -> int:
@@ -466,7 +471,8 @@ def check(ds: Dataset, limits: Limits, walked: bool = False) -> None:
 
 
 def check_codestreams(path: Path, ds: Dataset) -> None:
-    """Refuse encapsulated frames whose codestream disagrees with Rows/Columns.
+    """Refuse encapsulated frames whose codestream disagrees with Rows/Columns, and
+    fewer fragments than NumberOfFrames.
 
     A decoder allocates the size the codestream declares, so a frame of a few
     bytes claiming 65535x65535 pixels would take gigabytes when rendered.
@@ -477,6 +483,7 @@ def check_codestreams(path: Path, ds: Dataset) -> None:
     if element is None or tell is None or getattr(element, "length", None) != 0xFFFFFFFF:
         return
     expected = (_int(ds, "Rows") or 0, _int(ds, "Columns") or 0)
+    fragments = 0
     with path.open("rb") as handle:
         handle.seek(tell)
         first = True  # the Basic Offset Table
@@ -490,7 +497,12 @@ def check_codestreams(path: Path, ds: Dataset) -> None:
                     f"an encoded frame is {size[1]}x{size[0]} pixels but Rows/Columns "
                     f"say {expected[1]}x{expected[0]}"
                 )
+            fragments += not first
             first = False
+    frames = _frames(ds)
+    if fragments < frames:  # every frame takes one fragment at least (PS3.5 A.4)
+        raise Refused(f"NumberOfFrames says {frames} but the pixel data holds "
+                      f"{fragments} encoded fragment{'s' * (fragments != 1)}")
 
 
 def _get_or_create(session: Session, model: type, where: dict, values: dict, cache: dict):  # type: ignore[no-untyped-def]
@@ -764,6 +776,21 @@ def _present(session: Session, sop_uid: str) -> bool:
     )
 
 
+def _same_uid(digest: str, candidate: _Candidate) -> str:
+    """The note of a 'present' answer: empty when the bytes are the stored ones too."""
+    return "" if digest == candidate.digest else "same SOP Instance UID, other bytes"
+
+
+def _twin_outcome(twin: _Candidate, first: _Candidate, answer: Outcome) -> Outcome:
+    """A batch's second source of a SOP Instance UID: present if the first was indexed."""
+    if answer.status != "refused":
+        return twin.outcome("present", _same_uid(first.digest, twin))
+    if twin.digest == first.digest:
+        return twin.outcome("refused", answer.reason)
+    return twin.outcome("refused", f"same SOP Instance UID as {first.name}, which was "
+                                   f"refused: {answer.reason}")
+
+
 @dataclass(frozen=True)
 class _Candidate:
     """A staged source that passed every check, waiting to be stored and indexed."""
@@ -965,7 +992,7 @@ class Importer:
                     path, digest, size = staged
                     name = sources[index].name
                     candidates.append(_Candidate(index, name, path, digest, size, record))
-            fresh = self._skip_present(candidates, outcomes)
+            fresh, twins = self._skip_present(candidates, outcomes)
             if fresh:
                 # A report's PDF is kept on its own too, by its hash (Report.pdf_hash).
                 documents = [
@@ -982,6 +1009,8 @@ class Importer:
                     self.store.commit(path, digest)
                 self.store.sync()
                 outcomes.update(self._index(fresh, new_files))
+                for twin, first in twins:
+                    outcomes[twin.index] = _twin_outcome(twin, first, outcomes[first.index])
                 for candidate in fresh:
                     if (
                         isinstance(candidate.record, ReportRecord)
@@ -994,8 +1023,10 @@ class Importer:
 
     def _skip_present(
         self, candidates: list[_Candidate], outcomes: dict[int, Outcome]
-    ) -> list[_Candidate]:
-        """Answer 'present' for instances already indexed (or twice in this batch)."""
+    ) -> tuple[list[_Candidate], list[tuple[_Candidate, _Candidate]]]:
+        """Answer 'present' for instances already indexed; the rest, and the twins: a
+        later source of this batch with the same SOP Instance UID as a fresh one, whose
+        answer waits for how indexing the first one went."""
         with self.sessions() as session:
             stored = dict(
                 session.execute(
@@ -1011,16 +1042,20 @@ class Importer:
                     )
                 ).all()
             )
-        fresh = []
+        fresh: list[_Candidate] = []
+        firsts: dict[str, _Candidate] = {}
+        twins = []
         for candidate in candidates:
             known = stored.get(candidate.sop_uid)
-            if known is None:
-                stored[candidate.sop_uid] = candidate.digest
+            if candidate.sop_uid in firsts:
+                twins.append((candidate, firsts[candidate.sop_uid]))
+            elif known is None:
+                firsts[candidate.sop_uid] = candidate
                 fresh.append(candidate)
             else:
-                note = "" if known == candidate.digest else "same SOP Instance UID, other bytes"
+                note = _same_uid(known, candidate)
                 outcomes[candidate.index] = candidate.outcome("present", note)
-        return fresh
+        return fresh, twins
 
     def _index(self, fresh: list[_Candidate], new_files: set[str]) -> dict[int, Outcome]:
         if len(fresh) > 1:

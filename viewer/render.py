@@ -118,6 +118,17 @@ def _voi_lut(ds: Dataset) -> VoiLut | None:
     return VoiLut(first=first, table=table[:entries], bits=bits)
 
 
+def codec_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while decoding pixels, means the data cannot be decoded.
+
+    Decoders raise many exception types for corrupt data, and the RLE decoder
+    (pylibjpeg-rle, in Rust) panics on some: pyo3 raises that as
+    ``pyo3_runtime.PanicException``, a BaseException that ``except Exception`` misses
+    and that would escape every error handler.
+    """
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
 def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
     """Decode frame ``index`` (0-based) and apply the modality LUT.
 
@@ -131,11 +142,16 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
         raise RenderError("the instance has no pixel data")
     _check_codestream(ds, index, frames)
     try:
-        array = decode_pixels(ds, index=index if frames > 1 else None)
-    except Exception as exc:  # decoders raise many types for corrupt data
+        # Pixel data longer than NumberOfFrames says is read as that many frames, not more.
+        array = decode_pixels(ds, index=index if frames > 1 else None, allow_excess_frames=False)
+    except BaseException as exc:  # decoders raise many types for corrupt data
+        if not codec_failure(exc):
+            raise
         raise RenderError(f"cannot decode the pixel data: {exc}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
+        if array.ndim != 2:  # indexes, one number a pixel (not SamplesPerPixel 3)
+            raise RenderError(f"unsupported pixel layout {array.shape} for PALETTE COLOR")
         try:
             array = apply_color_lut(array, ds)
         except Exception as exc:

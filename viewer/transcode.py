@@ -25,6 +25,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from viewer.render import codec_failure
+
 # The most a transcoded instance may hold in memory (its pixels, decoded): a worker
 # builds it whole, so larger ones are sent as stored only.
 MAX_BYTES = 256 << 20
@@ -73,6 +75,8 @@ def to_explicit_little_endian(path: Path) -> bytes:
         ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
     except TranscodeError:
         raise
-    except Exception as exc:  # a decoder's or writer's error: the file cannot be converted
+    except BaseException as exc:  # a decoder's or writer's error: the file cannot be converted
+        if not codec_failure(exc):
+            raise
         raise TranscodeError(f"it cannot be decoded ({exc})") from None
     return out.getvalue()

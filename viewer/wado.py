@@ -45,6 +45,7 @@ from viewer.fastheader import read_file
 from viewer.headers import stored_syntax
 from viewer.multipart import closing, new_boundary, part_head
 from viewer.negotiation import MediaRange, media_ranges, require_json
+from viewer.render import codec_failure
 from viewer.storage import read_chunks
 
 log = logging.getLogger(__name__)
@@ -436,7 +437,9 @@ class FrameReader:
                 return self._slice(handle, number)
         try:
             array: Any = pydicom.pixels.pixel_array(self.path, index=number - 1)
-        except Exception as exc:  # any codec failure; the file was opened already
+        except BaseException as exc:  # any codec failure; the file was opened already
+            if not codec_failure(exc):
+                raise
             raise UnprocessableEntity(f"frame {number} cannot be decoded: {exc}") from None
         if self.bits == 1:
             return np.packbits(array.ravel(), bitorder="little").tobytes()
@@ -451,7 +454,14 @@ def _frames_answer(reader: FrameReader, numbers: list[int], form: FrameForm) -> 
 
     def body() -> Iterator[bytes]:
         for position, number in enumerate(numbers):
-            data = first if position == 0 else read(number)
+            try:
+                data = first if position == 0 else read(number)
+            except UnprocessableEntity as exc:
+                # The 200 is sent: end without the closing delimiter, so the client sees an
+                # incomplete answer rather than one with a frame silently left out.
+                log.warning("frames answer of %s cut short: %s", reader.path.name,
+                            exc.description)
+                return
             yield part_head(boundary, part_type, len(data))
             yield data
             yield b"\r\n"
