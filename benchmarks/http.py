@@ -21,7 +21,8 @@ floor ~150 KiB (the same as a scanner's). So the targets are checked on
 Ours: a temp ``VIEWER_DATA_DIR``; ``viewer.cli import`` of each series; an
 admin token from ``viewer.cli tokens create``; gunicorn as configured by
 ``gunicorn.conf.py`` (2 gthread workers with ``VIEWER_THREADS`` threads each,
-keep-alive), started as ``python -m gunicorn -c gunicorn.conf.py wsgi:app``.
+keep-alive, a thread lingering on its connection for the next request), started as
+``python -m gunicorn -c gunicorn.conf.py wsgi:app``.
 
 * Fresh-series rounds on the 256x256 series, each on a freshly started gunicorn
   (empty frame cache, files in the OS page cache): time to first image (series

@@ -113,20 +113,21 @@ def parse(args: MultiDict, accept: MIMEAccept, thumbnail: bool = False) -> Rende
     unknown = sorted(set(args) - KNOWN)
     if unknown:
         raise BadRequest(f"unsupported parameter(s): {', '.join(unknown)}")
+    given = args.to_dict()  # first values; a plain dict's get raises no KeyError inside
     annotations: tuple[str, ...] = ()
-    if thumbnail and "annotation" in args:
+    if thumbnail and "annotation" in given:
         raise BadRequest("annotation: not offered for thumbnails; use the rendered resource")
-    if args.get("annotation"):
-        annotations = tuple(a.strip().lower() for a in args["annotation"].split(","))
+    if given.get("annotation"):
+        annotations = tuple(a.strip().lower() for a in given["annotation"].split(","))
         bad = [a for a in annotations if a not in ANNOTATIONS]
         if bad:
             raise BadRequest("annotation: must be patient and/or technique")
-    viewport = parse_viewport(args["viewport"]) if args.get("viewport") else None
+    viewport = parse_viewport(given["viewport"]) if given.get("viewport") else None
     return RenderParams(
-        window=parse_window(args["window"]) if args.get("window") else None,
+        window=parse_window(given["window"]) if given.get("window") else None,
         viewport=viewport or (DEFAULT_THUMBNAIL if thumbnail else None),
-        quality=parse_quality(args["quality"]) if args.get("quality") else None,
-        media_type=choose_media_type(args.get("accept"), accept),
+        quality=parse_quality(given["quality"]) if given.get("quality") else None,
+        media_type=choose_media_type(given.get("accept"), accept),
         annotations=annotations,
         warnings=tuple(f"{name} ignored" for name in sorted(IGNORED & set(args))),
     )

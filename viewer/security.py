@@ -71,12 +71,16 @@ def error_response(status: int, message: str) -> Response:
 
 def _add_headers(response: Response) -> Response:
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", CSP)
-    if not g.get("framing_allowed"):  # set by viewer.embed for its portals' origins
-        headers.setdefault("X-Frame-Options", "DENY")
+    # "not in" rather than setdefault: Werkzeug's setdefault raises and catches an
+    # HTTP exception for each header that is missing, on every response.
+    if "Content-Security-Policy" not in headers:
+        headers["Content-Security-Policy"] = CSP
+    if not g.get("framing_allowed") and "X-Frame-Options" not in headers:
+        headers["X-Frame-Options"] = "DENY"  # framing_allowed: viewer.embed's portals
     headers["X-Content-Type-Options"] = "nosniff"
     headers["Referrer-Policy"] = "no-referrer"
-    headers.setdefault("Cache-Control", "private, no-cache")
+    if "Cache-Control" not in headers:
+        headers["Cache-Control"] = "private, no-cache"
     if request.is_secure:
         headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
     return response

@@ -1,0 +1,116 @@
+"""gunicorn as ``gunicorn.conf.py`` configures it: the worker that lingers on kept-alive
+connections (``LingeringThreadWorker``), over real sockets.
+
+One worker with one thread, so that a connection the thread lingers on is the only one
+it could be serving, and a second connection has to wait for it to let go.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from .liveserver import ROOT, LiveServer, live_server
+
+ASSET = "/static/img/favicon.svg"
+BODY = (ROOT / "viewer" / "static" / "img" / "favicon.svg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    data: Path = tmp_path_factory.mktemp("gunicorn")
+    with live_server(data, VIEWER_WORKERS="1", VIEWER_THREADS="1") as live:
+        yield live
+
+
+def address(server: LiveServer) -> tuple[str, int]:
+    parts = urlsplit(server.base)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+def request(path: str, close: bool = False) -> bytes:
+    connection = "close" if close else "keep-alive"
+    return f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: {connection}\r\n\r\n".encode()
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_kept_alive_connection_is_answered_back_to_back_and_after_a_pause(
+    server: LiveServer,
+) -> None:
+    conn = http.client.HTTPConnection(*address(server), timeout=30)
+    try:
+        for _ in range(20):  # each next request arrives while the thread lingers
+            conn.request("GET", ASSET)
+            answer = conn.getresponse()
+            assert (answer.status, answer.read()) == (200, BODY)
+        assert conn.sock is not None
+        local = conn.sock.getsockname()
+        # Longer than the linger: the connection is back on gunicorn's poller, still open.
+        time.sleep(0.3)
+        conn.request("GET", ASSET)
+        answer = conn.getresponse()
+        assert (answer.status, answer.read()) == (200, BODY)
+        assert conn.sock.getsockname() == local  # the same connection, not a new one
+    finally:
+        conn.close()
+
+
+def test_pipelined_requests_are_all_answered_in_order(server: LiveServer) -> None:
+    with socket.create_connection(address(server), timeout=30) as sock:
+        sock.sendall(request(ASSET) + request("/static/no-such-file") + request(ASSET, True))
+        answers = read_to_end(sock)
+    # A body need not end in CRLF, so the next status line may follow it directly.
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"404", b"200"]
+    assert answers.count(BODY) == 2
+
+
+def test_a_lingering_connection_lets_a_waiting_one_go_first(server: LiveServer) -> None:
+    """A connection that keeps its thread busy (here: 400 pipelined requests) gives the
+    thread up as soon as another connection waits for it, instead of being served to the end."""
+    pipelined = 400
+    finished: dict[str, float] = {}
+    first_answer = threading.Event()
+
+    def busy_client() -> None:
+        with socket.create_connection(address(server), timeout=60) as sock:
+            sock.sendall(request(ASSET) * (pipelined - 1) + request(ASSET, True))
+            received = 0
+            while chunk := sock.recv(65536):
+                received += chunk.count(b"HTTP/1.1 200")
+                first_answer.set()
+            finished["busy"] = time.monotonic()
+            finished["busy answers"] = received
+
+    busy = threading.Thread(target=busy_client)
+    busy.start()
+    try:
+        assert first_answer.wait(30), "the busy connection got no answer"
+        conn = http.client.HTTPConnection(*address(server), timeout=60)
+        try:
+            conn.request("GET", ASSET)
+            answer = conn.getresponse()
+            assert (answer.status, answer.read()) == (200, BODY)
+            finished["waiting"] = time.monotonic()
+        finally:
+            conn.close()
+    finally:
+        busy.join(120)
+    assert finished["busy answers"] == pipelined
+    assert finished["waiting"] < finished["busy"], (
+        "the second connection was answered only after all the first one's requests"
+    )
