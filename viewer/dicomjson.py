@@ -160,8 +160,12 @@ def _fast_json(element: RawDataElement, vr: str, encoding: str | None,
 
 
 def _dataset_json(ds: Dataset, bulk: str, path: str, encoding: str | None,
-                  little: bool) -> dict[str, Any]:
-    """``ds`` as DICOM JSON; binary values over the threshold become BulkDataURIs."""
+                  little: bool, left_out: list[tuple[str, str]]) -> dict[str, Any]:
+    """``ds`` as DICOM JSON; binary values over the threshold become BulkDataURIs.
+
+    An element whose value cannot be converted is left out, and added to ``left_out``
+    as (its path, why).
+    """
     out: dict[str, Any] = {}
     for element in list(ds.values()):  # as read: deferred values stay deferred
         tag = element.tag
@@ -178,19 +182,21 @@ def _dataset_json(ds: Dataset, bulk: str, path: str, encoding: str | None,
         try:
             full = ds[tag]
             if full.VR == "SQ":
-                items = [_dataset_json(item, bulk, f"{path}{key}/{i}/", encoding, little)
-                         for i, item in enumerate(full.value)]
+                items = [_dataset_json(item, bulk, f"{path}{key}/{i}/", encoding, little,
+                                       left_out) for i, item in enumerate(full.value)]
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             else:
                 out[key] = full.to_json_dict(None, BULK_THRESHOLD)
         except (ValueError, TypeError, KeyError, OverflowError, UnicodeError,
                 NotImplementedError) as exc:  # NotImplementedError: a VR pydicom does not know
-            log.warning("metadata: element %s left out: %s", key, exc)
+            left_out.append((f"{path}{key}", str(exc)))
     return out
 
 
-def read_metadata(path: Any, url: str, transfer_syntax: str, bits_allocated: int) -> bytes:
-    """The instance file at ``path`` as one DICOM JSON object (UTF-8 bytes).
+def read_metadata(path: Any, url: str, transfer_syntax: str,
+                  bits_allocated: int) -> tuple[bytes, list[tuple[str, str]]]:
+    """The instance file at ``path`` as one DICOM JSON object (UTF-8 bytes), and the
+    elements left out of it because their values cannot be converted: (path, why).
 
     Pixel Data is never read: it is referenced by ``{url}/bulkdata/7FE00010``. Read
     through ``fastheader``: the first metadata of a series reads every file of it.
@@ -199,14 +205,15 @@ def read_metadata(path: Any, url: str, transfer_syntax: str, bits_allocated: int
     charset = ds.get("SpecificCharacterSet", "")
     encoding = SIMPLE_CHARSETS.get(charset if isinstance(charset, str) else "\\".join(charset))
     little = ds.original_encoding[1] if ds.original_encoding else True
-    data = _dataset_json(ds, f"{url}/bulkdata", "", encoding, bool(little))
+    left_out: list[tuple[str, str]] = []
+    data = _dataset_json(ds, f"{url}/bulkdata", "", encoding, bool(little), left_out)
     if transfer_syntax:
         data["00083002"] = attr("UI", transfer_syntax)
     if "PixelData" not in ds and bits_allocated:
         native = transfer_syntax in UNCOMPRESSED or transfer_syntax.endswith(".1.2.1.99")
         vr = "OW" if native and bits_allocated > 8 else "OB"
         data[PIXEL_DATA] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{PIXEL_DATA}"}
-    return json.dumps(dict(sorted(data.items())), separators=(",", ":")).encode()
+    return json.dumps(dict(sorted(data.items())), separators=(",", ":")).encode(), left_out
 
 
 def metadata_cache() -> ByteLRU[bytes]:

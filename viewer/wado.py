@@ -285,19 +285,33 @@ def retrieve_instance(study_uid: str, series_uid: str, sop_uid: str) -> Response
 # --- metadata ------------------------------------------------------------------------------
 
 
-def _metadata_of(item: Stored, cache: ByteLRU[bytes], store: Any) -> bytes:
+def _metadata_of(item: Stored, cache: ByteLRU[bytes], store: Any,
+                 left_out: dict[str, tuple[int, str]]) -> bytes:
+    """An instance's metadata JSON; elements left out of it are counted in ``left_out``
+    (element path -> (instances, the first reason)) when the file is read."""
     url = item.url
     cached = cache.get((item.file_hash, url))
     if cached is not None:
         return cached
     path = store.path(item.file_hash)
     try:
-        data = read_metadata(path, url, item.transfer_syntax or stored_syntax(path),
-                             item.bits_allocated)
+        data, dropped = read_metadata(path, url, item.transfer_syntax or stored_syntax(path),
+                                      item.bits_allocated)
     except READ_ERRORS as exc:
         raise UnprocessableEntity(f"the stored file cannot be read: {exc}") from None
+    for element, why in dropped:
+        count, reason = left_out.get(element, (0, why))
+        left_out[element] = (count + 1, reason)
     cache.put((item.file_hash, url), data)
     return data
+
+
+def _log_left_out(where: str, left_out: dict[str, tuple[int, str]], instances: int) -> None:
+    """One warning per element left out of an answer, however many instances it was in:
+    a scanner writes the same odd private value into every file of a series."""
+    for element, (count, reason) in sorted(left_out.items()):
+        log.warning("metadata of %s: element %s left out of %d of %d instances (%s)", where,
+                    element, count, instances, reason)
 
 
 def _metadata(items: list[Stored]) -> Response:
@@ -305,16 +319,21 @@ def _metadata(items: list[Stored]) -> Response:
     if not items:
         raise NotFound("there are no instances here")
     cache, store = metadata_cache(), services().store
-    first = _metadata_of(items[0], cache, store)
+    where = request.path
+    left_out: dict[str, tuple[int, str]] = {}
+    first = _metadata_of(items[0], cache, store, left_out)
 
     def body() -> Iterator[bytes]:
-        yield b"[" + first
-        for item in items[1:]:
-            try:
-                yield b"," + _metadata_of(item, cache, store)
-            except UnprocessableEntity as exc:
-                log.warning("metadata of %s left out: %s", item.sop_uid, exc.description)
-        yield b"]"
+        try:
+            yield b"[" + first
+            for item in items[1:]:
+                try:
+                    yield b"," + _metadata_of(item, cache, store, left_out)
+                except UnprocessableEntity as exc:
+                    log.warning("metadata of %s left out: %s", item.sop_uid, exc.description)
+            yield b"]"
+        finally:
+            _log_left_out(where, left_out, len(items))
 
     return Response(body(), mimetype="application/dicom+json")
 
