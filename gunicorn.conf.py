@@ -58,6 +58,18 @@ class MaskingLogger(Logger):
 logger_class = MaskingLogger
 
 
+import gc  # noqa: E402
+
+
+def post_worker_init(worker):
+    """Once a worker has loaded the app, ``gc.freeze()`` takes everything made so far
+    (modules, the app, SQLAlchemy's and pydicom's tables: objects that live as long as
+    the worker) out of the cyclic collector's sight. A full collection scanned them all:
+    ~100 ms, measured when one fell in the first metadata answer of a 130-file series.
+    Now it scans what requests made (~1 ms)."""
+    gc.freeze()
+
+
 # Kept-alive connections: the thread that answered one waits this long for its next request.
 KEEPALIVE_LINGER_MS = 2
 

@@ -7,8 +7,10 @@ it could be serving, and a second connection has to wait for it to let go.
 
 from __future__ import annotations
 
+import gc
 import http.client
 import re
+import runpy
 import socket
 import threading
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from gunicorn.config import Config as GunicornConfig
 
 from .liveserver import ROOT, LiveServer, live_server
 
@@ -114,3 +117,16 @@ def test_a_lingering_connection_lets_a_waiting_one_go_first(server: LiveServer) 
     assert finished["waiting"] < finished["busy"], (
         "the second connection was answered only after all the first one's requests"
     )
+
+
+def test_a_worker_freezes_what_it_has_loaded() -> None:
+    """gunicorn calls ``post_worker_init`` once the app is loaded; it takes the objects
+    loaded so far out of the cyclic collector's sight (``gc.freeze``)."""
+    cfg = GunicornConfig()
+    cfg.set("post_worker_init", runpy.run_path(str(ROOT / "gunicorn.conf.py"))["post_worker_init"])
+    before = gc.get_freeze_count()
+    try:
+        cfg.post_worker_init(None)
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
