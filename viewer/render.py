@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from io import BytesIO
 
 import numpy as np
-import simplejpeg
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
@@ -21,6 +20,7 @@ from pydicom.pixels import pixel_array as decode_pixels
 from pydicom.uid import UID
 
 from viewer.headers import codestream_size, frame_header, number_of_frames
+from viewer.jpeg import encode_jpeg
 from viewer.png import encode_png
 
 WINDOW_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
@@ -352,11 +352,7 @@ def encode(image: np.ndarray, media_type: str, quality: int | None = None) -> by
     if media_type == "image/png":
         return encode_png(image)
     if media_type == "image/jpeg":
-        pixels = image[:, :, None] if image.ndim == 2 else image
-        colorspace = "GRAY" if image.ndim == 2 else "RGB"
-        return simplejpeg.encode_jpeg(
-            np.ascontiguousarray(pixels), quality=quality or 90, colorspace=colorspace
-        )
+        return encode_jpeg(image, quality or 90)
     if media_type == "image/gif":
         buffer = BytesIO()
         Image.fromarray(image).save(buffer, format="GIF")
