@@ -17,7 +17,7 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from viewer import jpeg, png
+from viewer import jpeg, parallel, png
 from viewer.render import decode_frame, to_display
 
 
@@ -57,9 +57,9 @@ def _idat(data: bytes) -> bytes:
 @pytest.mark.parametrize("name", IMAGES)
 def test_banded_png_decodes_to_the_same_pixels(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     image = _smooth_noisy(*IMAGES[name])
-    monkeypatch.setattr(png, "BANDS", 1)
+    monkeypatch.setattr(parallel, "BANDS", 1)
     whole = png.encode_png(image)
-    monkeypatch.setattr(png, "BANDS", 2)
+    monkeypatch.setattr(parallel, "BANDS", 2)
     banded = png.encode_png(image)
     assert b"\x00\x00\xff\xff" in _idat(banded)  # the first band's sync flush: it was banded
     assert zlib.decompress(_idat(banded)) == zlib.decompress(_idat(whole))
@@ -68,7 +68,7 @@ def test_banded_png_decodes_to_the_same_pixels(name: str, monkeypatch: pytest.Mo
 
 def test_banded_png_of_a_real_mr_slice(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image = _mr_slice(corpus)
-    monkeypatch.setattr(png, "BANDS", 2)
+    monkeypatch.setattr(parallel, "BANDS", 2)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.encode_png(image)))), image)
 
 

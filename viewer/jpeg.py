@@ -18,10 +18,9 @@ import struct
 import numpy as np
 import simplejpeg
 
-from viewer.parallel import BANDS, map_bands
+from viewer.parallel import bands_for, map_bands
 
 _BLOCK = 8
-_BAND_MIN_PIXELS = 128 * 1024  # a smaller image is encoded whole in well under 1 ms
 _SOF0, _SOS = 0xC0, 0xDA
 _MAX_INTERVAL = 0xFFFF
 
@@ -85,8 +84,7 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     block_rows = -(-height // _BLOCK)
     top_rows = -(-block_rows // 2)
     interval = -(-width // _BLOCK) * top_rows
-    small = height * width < _BAND_MIN_PIXELS
-    if BANDS == 1 or small or block_rows < 2 or interval > _MAX_INTERVAL:
+    if bands_for(height * width) == 1 or block_rows < 2 or interval > _MAX_INTERVAL:
         return _encode_whole(image, quality)
     split = top_rows * _BLOCK
     top, bottom = map_bands(

@@ -37,6 +37,12 @@ def _cores() -> int:
 CORES = _cores()
 # On one core a helper thread could only take turns with the request's thread.
 BANDS = 2 if CORES > 1 else 1
+_MIN_SIZE = 128 * 1024  # a smaller image is encoded whole in well under 1 ms
+
+
+def bands_for(size: int) -> int:
+    """How many bands to cut an image of ``size`` bytes (PNG rows) or pixels (JPEG) into."""
+    return BANDS if size >= _MIN_SIZE else 1
 
 
 def a_core_is_idle() -> bool:

@@ -19,12 +19,11 @@ import struct
 import numpy as np
 from isal import isal_zlib
 
-from viewer.parallel import BANDS, map_bands
+from viewer.parallel import bands_for, map_bands
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FILTER_UP = 2
 _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" level
-_BAND_MIN_BYTES = 128 * 1024  # a smaller image is encoded whole in well under 1 ms
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -38,7 +37,7 @@ def _idat(rows: np.ndarray, level: int) -> bytes:
     height, width = rows.shape
     filtered = np.empty((height, width + 1), dtype=np.uint8)
     filtered[:, 0] = _FILTER_UP
-    bands = min(BANDS, height) if rows.size >= _BAND_MIN_BYTES else 1
+    bands = min(bands_for(rows.size), height)
     edges = [height * index // bands for index in range(bands + 1)]
 
     def deflate(band: int) -> bytes:
