@@ -4,7 +4,9 @@ Stored instances become DICOM JSON for WADO-RS metadata here: values up to
 ``BULK_THRESHOLD`` bytes inline, larger binary values (and always Pixel Data)
 as a ``BulkDataURI`` the bulkdata resource resolves. Parsing a file costs a few
 milliseconds, so each instance's JSON is kept in a bounded per-app cache; files
-are content-addressed, so a cached answer can never be stale.
+are content-addressed, so a cached answer can never be stale. The first answer
+for a series reads every file of it; most of their values are the same in each,
+so that answer converts each distinct value once (``ValueMemo``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import math
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, current_app, request
@@ -159,61 +162,125 @@ def _fast_json(element: RawDataElement, vr: str, encoding: str | None,
     return {"vr": vr, "Value": cleaned}
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@dataclass(frozen=True)
+class _LeftOut:
+    """Why a value cannot be converted (it is left out of the JSON)."""
+
+    why: str
+
+
+# Most of an instance's values are its series' (patient, study, protocol, scanner): one
+# WADO-RS answer converts each distinct value once. The bound keeps a study-wide answer's
+# memo small.
+VALUE_MEMO_ENTRIES = 20_000
+ValueMemo = dict[tuple[Any, ...], str | _LeftOut]
+
+
+def _memo_key(element: DataElement | RawDataElement, key: str, vr: str, encoding: str | None,
+              little: bool) -> tuple[Any, ...] | None:
+    """What an element's JSON depends on, when that is its own bytes; else None.
+
+    It is not for a value already converted, a value pydicom converts by the whole
+    character set (not one of ``SIMPLE_CHARSETS``), a private element whose VR pydicom
+    finds from its private creator, or a VR that depends on another element (US or SS).
+    ``key`` is the tag as text: a ``BaseTag`` compares equal in Python, slowly.
+    """
+    if not isinstance(element, RawDataElement) or element.value is None or encoding is None:
+        return None
+    if (element.tag >> 16 & 1 and vr == "UN") or " or " in vr:
+        return None
+    return key, vr, element.value, encoding, little, element.is_implicit_VR
+
+
+def _object(fields: Iterable[tuple[str, str]]) -> str:
+    """A JSON object from (key, JSON text of the value) pairs, in their order."""
+    return "{" + ",".join(f'"{key}":{text}' for key, text in fields) + "}"
+
+
+def _element_json(ds: Dataset, element: DataElement | RawDataElement, vr: str, bulk: str,
+                  path: str, encoding: str | None, little: bool,
+                  memo: ValueMemo) -> tuple[str | _LeftOut, list[tuple[str, str]]]:
+    """The JSON text of one element (or why it is left out), and what is left out inside
+    it (a sequence's items)."""
+    tag = element.tag
+    if isinstance(element, RawDataElement) and tag.element != 0:
+        fast = _fast_json(element, vr, encoding, little)
+        if fast is not None:
+            return _encode(fast), []
+    try:
+        full = ds[tag]
+        if full.VR != "SQ":
+            return _encode(full.to_json_dict(None, BULK_THRESHOLD)), []
+        left_out: list[tuple[str, str]] = []
+        items = [_object(_dataset_json(item, bulk, f"{path}{tag:08X}/{i}/", encoding, little,
+                                       left_out, memo).items())
+                 for i, item in enumerate(full.value)]
+        return (f'{{"vr":"SQ","Value":[{",".join(items)}]}}' if items else '{"vr":"SQ"}'), left_out
+    except (ValueError, TypeError, KeyError, OverflowError, UnicodeError,
+            NotImplementedError) as exc:  # NotImplementedError: a VR pydicom does not know
+        return _LeftOut(str(exc)), []
+
+
 def _dataset_json(ds: Dataset, bulk: str, path: str, encoding: str | None,
-                  little: bool, left_out: list[tuple[str, str]]) -> dict[str, Any]:
-    """``ds`` as DICOM JSON; binary values over the threshold become BulkDataURIs.
+                  little: bool, left_out: list[tuple[str, str]],
+                  memo: ValueMemo) -> dict[str, str]:
+    """``ds`` as DICOM JSON attributes (tag -> the attribute's JSON text); binary values
+    over the threshold become BulkDataURIs.
 
     An element whose value cannot be converted is left out, and added to ``left_out``
     as (its path, why).
     """
-    out: dict[str, Any] = {}
+    out: dict[str, str] = {}
     for element in list(ds.values()):  # as read: deferred values stay deferred
-        tag = element.tag
-        key = f"{tag:08X}"
+        key = f"{element.tag:08X}"
         vr = _vr(element)
         if vr in BINARY_VRS and _length(element) > BULK_THRESHOLD:
-            out[key] = {"vr": vr, "BulkDataURI": f"{bulk}/{path}{key}"}
+            out[key] = _encode({"vr": vr, "BulkDataURI": f"{bulk}/{path}{key}"})
             continue
-        if isinstance(element, RawDataElement) and tag.element != 0:
-            fast = _fast_json(element, vr, encoding, little)
-            if fast is not None:
-                out[key] = fast
-                continue
-        try:
-            full = ds[tag]
-            if full.VR == "SQ":
-                items = [_dataset_json(item, bulk, f"{path}{key}/{i}/", encoding, little,
-                                       left_out) for i, item in enumerate(full.value)]
-                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-            else:
-                out[key] = full.to_json_dict(None, BULK_THRESHOLD)
-        except (ValueError, TypeError, KeyError, OverflowError, UnicodeError,
-                NotImplementedError) as exc:  # NotImplementedError: a VR pydicom does not know
-            left_out.append((f"{path}{key}", str(exc)))
+        seen = _memo_key(element, key, vr, encoding, little)
+        converted = memo.get(seen) if seen is not None else None
+        if converted is None:
+            converted, inside = _element_json(ds, element, vr, bulk, path, encoding, little,
+                                              memo)
+            left_out += inside
+            # A sequence that names this instance (a BulkDataURI) or its items' paths
+            # (values left out) is this instance's alone.
+            if (seen is not None and not inside and len(memo) < VALUE_MEMO_ENTRIES
+                    and not (isinstance(converted, str) and "BulkDataURI" in converted)):
+                memo[seen] = converted
+        if isinstance(converted, _LeftOut):
+            left_out.append((f"{path}{key}", converted.why))
+        else:
+            out[key] = converted
     return out
 
 
-def read_metadata(path: Any, url: str, transfer_syntax: str,
-                  bits_allocated: int) -> tuple[bytes, list[tuple[str, str]]]:
+def read_metadata(path: Any, url: str, transfer_syntax: str, bits_allocated: int,
+                  memo: ValueMemo | None = None) -> tuple[bytes, list[tuple[str, str]]]:
     """The instance file at ``path`` as one DICOM JSON object (UTF-8 bytes), and the
     elements left out of it because their values cannot be converted: (path, why).
 
     Pixel Data is never read: it is referenced by ``{url}/bulkdata/7FE00010``. Read
     through ``fastheader``: the first metadata of a series reads every file of it.
+    ``memo`` carries converted values from one file to the next of the same answer.
     """
     ds = read_file(path, stop_before_pixels=True)
     charset = ds.get("SpecificCharacterSet", "")
     encoding = SIMPLE_CHARSETS.get(charset if isinstance(charset, str) else "\\".join(charset))
     little = ds.original_encoding[1] if ds.original_encoding else True
     left_out: list[tuple[str, str]] = []
-    data = _dataset_json(ds, f"{url}/bulkdata", "", encoding, bool(little), left_out)
+    data = _dataset_json(ds, f"{url}/bulkdata", "", encoding, bool(little), left_out,
+                         {} if memo is None else memo)
     if transfer_syntax:
-        data["00083002"] = attr("UI", transfer_syntax)
+        data["00083002"] = _encode(attr("UI", transfer_syntax))
     if "PixelData" not in ds and bits_allocated:
         native = transfer_syntax in UNCOMPRESSED or transfer_syntax.endswith(".1.2.1.99")
         vr = "OW" if native and bits_allocated > 8 else "OB"
-        data[PIXEL_DATA] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{PIXEL_DATA}"}
-    return json.dumps(dict(sorted(data.items())), separators=(",", ":")).encode(), left_out
+        data[PIXEL_DATA] = _encode({"vr": vr, "BulkDataURI": f"{url}/bulkdata/{PIXEL_DATA}"})
+    return _object(sorted(data.items())).encode(), left_out
 
 
 def metadata_cache() -> ByteLRU[bytes]:

@@ -34,6 +34,7 @@ from viewer.db import Instance, Series, Study
 from viewer.dicomjson import (
     NATIVE_LITTLE_ENDIAN,
     PIXEL_DATA,
+    ValueMemo,
     base_url,
     metadata_cache,
     parse_bulk_path,
@@ -286,9 +287,10 @@ def retrieve_instance(study_uid: str, series_uid: str, sop_uid: str) -> Response
 
 
 def _metadata_of(item: Stored, cache: ByteLRU[bytes], store: Any,
-                 left_out: dict[str, tuple[int, str]]) -> bytes:
+                 left_out: dict[str, tuple[int, str]], memo: ValueMemo) -> bytes:
     """An instance's metadata JSON; elements left out of it are counted in ``left_out``
-    (element path -> (instances, the first reason)) when the file is read."""
+    (element path -> (instances, the first reason)) when the file is read, and values
+    converted go into the answer's ``memo``."""
     url = item.url
     cached = cache.get((item.file_hash, url))
     if cached is not None:
@@ -296,7 +298,7 @@ def _metadata_of(item: Stored, cache: ByteLRU[bytes], store: Any,
     path = store.path(item.file_hash)
     try:
         data, dropped = read_metadata(path, url, item.transfer_syntax or stored_syntax(path),
-                                      item.bits_allocated)
+                                      item.bits_allocated, memo)
     except READ_ERRORS as exc:
         raise UnprocessableEntity(f"the stored file cannot be read: {exc}") from None
     for element, why in dropped:
@@ -321,14 +323,15 @@ def _metadata(items: list[Stored]) -> Response:
     cache, store = metadata_cache(), services().store
     where = request.path
     left_out: dict[str, tuple[int, str]] = {}
-    first = _metadata_of(items[0], cache, store, left_out)
+    memo: ValueMemo = {}
+    first = _metadata_of(items[0], cache, store, left_out, memo)
 
     def body() -> Iterator[bytes]:
         try:
             yield b"[" + first
             for item in items[1:]:
                 try:
-                    yield b"," + _metadata_of(item, cache, store, left_out)
+                    yield b"," + _metadata_of(item, cache, store, left_out, memo)
                 except UnprocessableEntity as exc:
                     log.warning("metadata of %s left out: %s", item.sop_uid, exc.description)
             yield b"]"
