@@ -94,7 +94,7 @@ def test_every_file_is_pydicoms_json_whatever_came_before(corpus: Path) -> None:
         paths.append(path)
     expected = {path: _expected(path) for path in paths}
     for order in (paths, paths[::-1]):
-        memo: ValueMemo = {}
+        memo = ValueMemo()
         for path in order:
             assert _ours(path, memo) == expected[path], path
     assert len(paths) >= 290 and len(memo) > 1000
@@ -180,7 +180,7 @@ def test_equal_bytes_that_mean_different_things(case: str, tmp_path: Path) -> No
     make, first, second = CASES[case]
     a = _write(tmp_path, "a.dcm", make(first))
     b = _write(tmp_path, "b.dcm", make(second))
-    memo: ValueMemo = {}
+    memo = ValueMemo()
     assert _ours(a, memo) == _expected(a)
     assert _ours(b, memo) == _expected(b)
 
@@ -203,3 +203,14 @@ def test_what_the_cases_differ_in(tmp_path: Path) -> None:
         if case != "bulk data in a sequence":
             assert raw[0] == raw[1], case
     assert _expected(_write(tmp_path, "nan.dcm", _not_a_number(True)))[1] == ["00431080"]
+
+
+def test_the_memo_keeps_within_its_budget(corpus: Path) -> None:
+    """An enhanced instance's per-frame sequence is hundreds of KiB of bytes and JSON: a
+    memo with less room does not keep it, and the answers are the same."""
+    [path] = [p for p in (corpus / "philips-enhanced").iterdir() if p.suffix == ".dcm"]
+    budget = 64 << 10
+    roomy, tight = ValueMemo(budget=4 << 20), ValueMemo(budget=budget)
+    assert _ours(path, roomy) == _ours(path, tight) == _expected(path)
+    assert (4 << 20) - roomy.room > budget >= budget - tight.room > 0
+    assert _ours(path, tight) == _expected(path)  # again, from what the memo kept

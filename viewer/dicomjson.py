@@ -172,11 +172,30 @@ class _LeftOut:
     why: str
 
 
-# Most of an instance's values are its series' (patient, study, protocol, scanner): one
-# WADO-RS answer converts each distinct value once. The bound keeps a study-wide answer's
-# memo small.
-VALUE_MEMO_ENTRIES = 20_000
-ValueMemo = dict[tuple[Any, ...], str | _LeftOut]
+class ValueMemo:
+    """The values one WADO-RS answer has converted, by what their JSON depends on.
+
+    Most of an instance's values are its series' (patient, study, protocol, scanner), so
+    an answer converts each distinct value once. Bounded in bytes: an enhanced
+    instance's per-frame sequence can be megabytes, and is its own anyway.
+    """
+
+    def __init__(self, budget: int = 4 << 20) -> None:
+        self._values: dict[tuple[Any, ...], str | _LeftOut] = {}
+        self.room = budget
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: tuple[Any, ...]) -> str | _LeftOut | None:
+        return self._values.get(key)
+
+    def put(self, key: tuple[Any, ...], raw: bytes, converted: str | _LeftOut) -> None:
+        """Keep ``converted`` (of the value ``raw``) if there is room for both."""
+        size = len(raw) + (len(converted) if isinstance(converted, str) else len(converted.why))
+        if size <= self.room:
+            self._values[key] = converted
+            self.room -= size
 
 
 def _memo_key(element: DataElement | RawDataElement, key: str, vr: str, encoding: str | None,
@@ -248,9 +267,9 @@ def _dataset_json(ds: Dataset, bulk: str, path: str, encoding: str | None,
             left_out += inside
             # A sequence that names this instance (a BulkDataURI) or its items' paths
             # (values left out) is this instance's alone.
-            if (seen is not None and not inside and len(memo) < VALUE_MEMO_ENTRIES
+            if (seen is not None and not inside
                     and not (isinstance(converted, str) and "BulkDataURI" in converted)):
-                memo[seen] = converted
+                memo.put(seen, element.value, converted)
         if isinstance(converted, _LeftOut):
             left_out.append((f"{path}{key}", converted.why))
         else:
@@ -273,7 +292,7 @@ def read_metadata(path: Any, url: str, transfer_syntax: str, bits_allocated: int
     little = ds.original_encoding[1] if ds.original_encoding else True
     left_out: list[tuple[str, str]] = []
     data = _dataset_json(ds, f"{url}/bulkdata", "", encoding, bool(little), left_out,
-                         {} if memo is None else memo)
+                         ValueMemo() if memo is None else memo)
     if transfer_syntax:
         data["00083002"] = _encode(attr("UI", transfer_syntax))
     if "PixelData" not in ds and bits_allocated:

@@ -323,7 +323,7 @@ def _metadata(items: list[Stored]) -> Response:
     cache, store = metadata_cache(), services().store
     where = request.path
     left_out: dict[str, tuple[int, str]] = {}
-    memo: ValueMemo = {}
+    memo = ValueMemo()
     first = _metadata_of(items[0], cache, store, left_out, memo)
 
     def body() -> Iterator[bytes]:
