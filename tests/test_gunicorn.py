@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import gc
 import http.client
+import json
+import logging
 import re
 import runpy
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
+import pydicom
 import pytest
 from gunicorn.config import Config as GunicornConfig
+from gunicorn.glogging import Logger as GunicornLogger
 
 from .liveserver import ROOT, LiveServer, live_server
 
@@ -124,9 +130,32 @@ def test_a_worker_freezes_what_it_has_loaded() -> None:
     loaded so far out of the cyclic collector's sight (``gc.freeze``)."""
     cfg = GunicornConfig()
     cfg.set("post_worker_init", runpy.run_path(str(ROOT / "gunicorn.conf.py"))["post_worker_init"])
+    app_log = logging.getLogger("viewer")
     before = gc.get_freeze_count()
     try:
-        cfg.post_worker_init(None)
+        cfg.post_worker_init(SimpleNamespace(log=GunicornLogger(cfg)))
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+        app_log.handlers, app_log.propagate = [], True  # as the other tests expect it
+        app_log.setLevel(logging.NOTSET)
+
+
+def test_the_apps_log_lines_are_gunicorns(tmp_path: Path, corpus: Path) -> None:
+    """The app's warnings (here: a GE private value that is text in a DS, left out of the
+    metadata) are written like gunicorn's own lines, with time, process and level; at
+    VIEWER_LOG_LEVEL=error they are not written."""
+    files = sorted((corpus / "ge-t1-mprage").glob("i*"))[:2]
+    head = pydicom.dcmread(files[0], stop_before_pixels=True)
+    path = f"/dicom-web/studies/{head.StudyInstanceUID}/series/{head.SeriesInstanceUID}/metadata"
+    warning = re.compile(r"^\[\d{4}-\d\d-\d\d [^\]]+\] \[\d+\] \[WARNING\] metadata of "
+                         + re.escape(path) + r": element 00431080 left out of 2 of 2 instances",
+                         re.MULTILINE)
+    for level, written in (("info", True), ("error", False)):
+        with live_server(tmp_path / level, imports=files, VIEWER_LOG_LEVEL=level) as live:
+            ask = urllib.request.Request(live.base + path,
+                                         headers={"Authorization": f"Bearer {live.token()}"})
+            with urllib.request.urlopen(ask, timeout=60) as answer:
+                assert answer.status == 200 and len(json.loads(answer.read())) == 2
+        log = live.log.read_text(errors="replace")
+        assert bool(warning.search(log)) is written, log
