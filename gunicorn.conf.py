@@ -63,14 +63,17 @@ import logging  # noqa: E402
 
 
 def application_log(worker):
-    """The app's loggers (``viewer.*``) write through gunicorn's error log, in its format
-    and at its level (VIEWER_LOG_LEVEL). Without this their records reach no handler:
-    Python prints warnings and errors bare (no time, no level) and drops the rest."""
+    """The app's loggers (``viewer.*``) and Python's warnings (pydicom's about odd values)
+    write through gunicorn's error log, in its format and at its level (VIEWER_LOG_LEVEL).
+    Without this their records reach no handler: Python prints warnings and errors bare
+    (no time, no level) and drops the rest."""
     error_log = worker.log.error_log
-    app_log = logging.getLogger("viewer")
-    app_log.handlers = list(error_log.handlers)
-    app_log.setLevel(error_log.level)
-    app_log.propagate = False
+    logging.captureWarnings(True)
+    for name in ("viewer", "py.warnings"):
+        log = logging.getLogger(name)
+        log.handlers = list(error_log.handlers)
+        log.setLevel(error_log.level)
+        log.propagate = False
 
 
 def post_worker_init(worker):

@@ -130,27 +130,31 @@ def test_a_worker_freezes_what_it_has_loaded() -> None:
     loaded so far out of the cyclic collector's sight (``gc.freeze``)."""
     cfg = GunicornConfig()
     cfg.set("post_worker_init", runpy.run_path(str(ROOT / "gunicorn.conf.py"))["post_worker_init"])
-    app_log = logging.getLogger("viewer")
     before = gc.get_freeze_count()
     try:
         cfg.post_worker_init(SimpleNamespace(log=GunicornLogger(cfg)))
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
-        app_log.handlers, app_log.propagate = [], True  # as the other tests expect it
-        app_log.setLevel(logging.NOTSET)
+        logging.captureWarnings(False)  # the logging set-up too, as the other tests expect it
+        for name in ("viewer", "py.warnings"):
+            log = logging.getLogger(name)
+            log.handlers, log.propagate = [], True
+            log.setLevel(logging.NOTSET)
 
 
 def test_the_apps_log_lines_are_gunicorns(tmp_path: Path, corpus: Path) -> None:
     """The app's warnings (here: a GE private value that is text in a DS, left out of the
-    metadata) are written like gunicorn's own lines, with time, process and level; at
-    VIEWER_LOG_LEVEL=error they are not written."""
+    metadata) and pydicom's (that value's length) are written like gunicorn's own lines,
+    with time, process and level; at VIEWER_LOG_LEVEL=error they are not written."""
     files = sorted((corpus / "ge-t1-mprage").glob("i*"))[:2]
     head = pydicom.dcmread(files[0], stop_before_pixels=True)
     path = f"/dicom-web/studies/{head.StudyInstanceUID}/series/{head.SeriesInstanceUID}/metadata"
     warning = re.compile(r"^\[\d{4}-\d\d-\d\d [^\]]+\] \[\d+\] \[WARNING\] metadata of "
                          + re.escape(path) + r": element 00431080 left out of 2 of 2 instances",
                          re.MULTILINE)
+    pydicoms = re.compile(r"^\[\d{4}-\d\d-\d\d [^\]]+\] \[\d+\] \[WARNING\] \S+pydicom\S+: "
+                          r"UserWarning: The value length \(32\) exceeds", re.MULTILINE)
     for level, written in (("info", True), ("error", False)):
         with live_server(tmp_path / level, imports=files, VIEWER_LOG_LEVEL=level) as live:
             ask = urllib.request.Request(live.base + path,
@@ -159,3 +163,6 @@ def test_the_apps_log_lines_are_gunicorns(tmp_path: Path, corpus: Path) -> None:
                 assert answer.status == 200 and len(json.loads(answer.read())) == 2
         log = live.log.read_text(errors="replace")
         assert bool(warning.search(log)) is written, log
+        assert bool(pydicoms.search(log)) is written, log
+        # no bare lines of Python's warnings
+        assert all(line.startswith("[") for line in log.splitlines() if "Warning:" in line), log
