@@ -49,8 +49,10 @@ def expected_linear_exact(x: np.ndarray, c: float, w: float) -> np.ndarray:
 
 
 def expected_sigmoid(x: np.ndarray, c: float, w: float) -> np.ndarray:
-    """PS3.3 C.11.2.1.3.1."""
-    y = 255 / (1 + np.exp(-4 * (x.astype(np.float64) - c) / w))
+    """PS3.3 C.11.2.1.3.1. Far below a narrow window exp() overflows to inf, and
+    255 / (1 + inf) is 0, the formula's limit there."""
+    with np.errstate(over="ignore"):
+        y = 255 / (1 + np.exp(-4 * (x.astype(np.float64) - c) / w))
     return np.floor(y + 0.5).clip(0, 255)
 
 
