@@ -63,13 +63,22 @@ def test_study_list_and_study_json(client: FlaskClient, auth: dict[str, str], ge
     studies = client.get("/api/studies", headers=auth).get_json()["studies"]
     assert ge["study"] in [s["study_uid"] for s in studies]
     entry = next(s for s in studies if s["study_uid"] == ge["study"])
-    assert entry["instance_count"] == 130
+    assert entry["instance_count"] == entry["image_count"] == 130
     assert entry["modalities"] == "MR"
     study = client.get(f"/api/studies/{ge['study']}", headers=auth).get_json()
-    assert study["series"][0]["instance_count"] == 130
+    assert study["series"][0]["instance_count"] == study["series"][0]["image_count"] == 130
     thumb = client.get(study["series"][0]["thumbnail_url"], headers=auth)
     assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.data)).size) == 128
+
+
+def test_the_studies_page_counts_the_frames_of_an_enhanced_object_as_images(
+    client: FlaskClient, auth: dict[str, str], services, corpus: Path, ge  # type: ignore[no-untyped-def]
+) -> None:
+    services.importer.import_paths([corpus / "philips-enhanced"])
+    page = client.get("/", headers={**auth, "Accept": "text/html"}).get_data(as_text=True)
+    assert "1 series · 40 images" in page and "1 series · 130 images" in page
+    assert "1 images" not in page
 
 
 def test_series_stacks_are_in_anatomical_order(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
@@ -247,8 +256,21 @@ def test_login_link_is_single_use_and_pages_work(client: FlaskClient, services, 
     assert client.get("/api/studies").status_code == 401
     reused = client.get(f"/login/{secret}")
     assert reused.status_code == 400
-    assert b"not valid" in reused.data
     assert reused.mimetype == "text/html"
+    page = reused.get_data(as_text=True)
+    assert "This sign-in link has expired" in page and "not valid" in page
+    assert 'href="/signin">Sign in</a>' in page
+    assert "viewer login-link" not in page  # a command line is no help to a patient
+
+
+def test_a_missing_page_says_so_plainly(client: FlaskClient, auth) -> None:  # type: ignore[no-untyped-def]
+    page = client.get("/nothing-here", headers={**auth, "Accept": "text/html"})
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert "This address was not found: it may be mistyped" in text and "spelling" not in text
+    assert 'href="/">Back to your studies</a>' in text
+    api = client.get("/api/nothing-here", headers=auth)
+    assert api.status_code == 404 and "address was not found" in api.get_json()["error"]
 
 
 def test_security_headers_everywhere(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]

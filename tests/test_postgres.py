@@ -217,6 +217,20 @@ def test_series_stacks_are_the_same_as_on_sqlite(apps: dict[str, Flask]) -> None
         assert on_pg == on_sqlite  # and everything else alike
 
 
+def test_image_counts_count_frames_on_both_databases(apps: dict[str, Flask]) -> None:
+    """A person counts the 40 frames of the enhanced object as 40 images, not 1."""
+    for application in apps.values():
+        client, auth = application.test_client(), _auth(application)
+        studies = client.get("/api/studies", headers=auth).get_json()["studies"]
+        counts = sorted((s["instance_count"], s["image_count"]) for s in studies)
+        assert counts == [(1, 40), (GE_FILES, GE_FILES)]
+        for entry in studies:
+            series = client.get(f"/api/studies/{entry['study_uid']}", headers=auth).get_json()
+            [only] = series["series"]
+            assert (only["instance_count"], only["image_count"]) == (
+                entry["instance_count"], entry["image_count"])
+
+
 def test_qido_search_and_a_rendered_frame(apps: dict[str, Flask], corpus: Path) -> None:
     application = apps["postgresql"]
     client, auth = application.test_client(), _auth(application)

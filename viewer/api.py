@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, url_for
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from viewer import reports
@@ -40,17 +40,22 @@ def iso_date(value: str) -> str:
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else ""
 
 
+# What a person counts as images: every frame of a multi-frame instance.
+IMAGES = func.sum(case((Instance.number_of_frames > 1, Instance.number_of_frames), else_=1))
+
+
 def study_summaries(db: Session, studies: list[Study]) -> list[dict[str, Any]]:
     """List entries for studies, with counts and modalities from two grouped queries."""
     ids = [s.id for s in studies]
-    counts = dict(
-        db.execute(
-            select(Series.study_pk, func.count(Instance.id))
+    counts = {
+        study_pk: (instances, images)
+        for study_pk, instances, images in db.execute(
+            select(Series.study_pk, func.count(Instance.id), IMAGES)
             .join(Instance, Instance.series_pk == Series.id)
             .where(Series.study_pk.in_(ids))
             .group_by(Series.study_pk)
-        ).all()
-    )
+        )
+    }
     series_rows = db.execute(
         select(Series.study_pk, Series.modality).where(Series.study_pk.in_(ids))
     ).all()
@@ -74,7 +79,8 @@ def study_summaries(db: Session, studies: list[Study]) -> list[dict[str, Any]]:
             "body_part": s.body_part,
             "modalities": ", ".join(sorted(modalities.get(s.id, []))),
             "series_count": series_count.get(s.id, 0),
-            "instance_count": counts.get(s.id, 0),
+            "instance_count": counts.get(s.id, (0, 0))[0],
+            "image_count": counts.get(s.id, (0, 0))[1],
             "url": url_for("pages.study", study_uid=s.study_uid),
         }
         for s in studies
@@ -110,13 +116,14 @@ def study(study_uid: str):
     found = find_study(db, principal, study_uid)
     record_view(principal, found)
     series_list = study_series(db, found.id)
-    counts = dict(
-        db.execute(
-            select(Instance.series_pk, func.count(Instance.id))
+    counts = {
+        series_pk: (instances, images)
+        for series_pk, instances, images in db.execute(
+            select(Instance.series_pk, func.count(Instance.id), IMAGES)
             .where(Instance.series_pk.in_([s.id for s in series_list]))
             .group_by(Instance.series_pk)
-        ).all()
-    )
+        )
+    }
     return jsonify(
         study=study_summaries(db, [found])[0],
         series=[
@@ -125,7 +132,8 @@ def study(study_uid: str):
                 "number": s.number,
                 "description": s.description,
                 "modality": s.modality,
-                "instance_count": counts.get(s.id, 0),
+                "instance_count": counts.get(s.id, (0, 0))[0],
+                "image_count": counts.get(s.id, (0, 0))[1],
                 "thumbnail_url": url_for(
                     "dicomweb.series_thumbnail", study_uid=study_uid, series_uid=s.series_uid
                 ),

@@ -40,6 +40,13 @@ TITLES = {
     504: "The image archive is too slow",
 }
 
+# Werkzeug's own descriptions are written for developers ("If you entered the URL manually
+# please check your spelling and try again."); these say it plainly.
+PLAIN = {
+    404: "This address was not found: it may be mistyped, or no longer there.",
+    405: "This address does not take that kind of request.",
+}
+
 
 def wants_json() -> bool:
     path = request.path
@@ -49,14 +56,17 @@ def wants_json() -> bool:
     )
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, *, title: str | None = None,
+                   action: tuple[str, str] | None = None) -> Response:
+    """JSON ``{"error": message}`` for APIs, else a page with ``title`` and one button,
+    ``action`` (label, address), by default back to the studies list."""
     if wants_json():
         response = jsonify(error=message)
         response.status_code = status
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="viewer"'
         return response
-    title = TITLES.get(status, "Error")
+    title = title or TITLES.get(status, "Error")
     if request_ctx.url_adapter is None:
         # Werkzeug refused the Host header, so no URL (not even the stylesheet's) can be
         # built: a plain page instead of the template.
@@ -65,7 +75,9 @@ def error_response(status: int, message: str) -> Response:
         return Response(html, status=status, mimetype="text/html")
     if status == 401:
         return redirect(url_for("signin.signin_form", next=request.path))  # type: ignore[return-value]
-    html = render_template("error.html", status=status, title=title, message=message)
+    label, address = action or ("Back to your studies", url_for("pages.index"))
+    html = render_template("error.html", status=status, title=title, message=message,
+                           action_label=label, action_url=address)
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -136,7 +148,11 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        return error_response(exc.code or 500, exc.description or TITLES.get(exc.code or 500, ""))
+        code = exc.code or 500
+        message = exc.description or TITLES.get(code, "")
+        if message == type(exc).description:
+            message = PLAIN.get(code, message)
+        return error_response(code, message)
 
     @app.errorhandler(RenderError)
     def _render_error(exc: RenderError) -> Response:

@@ -27,6 +27,7 @@ from viewer import audit, websessions
 from viewer.access import current_principal, redeem_login_link
 from viewer.accounts import SignInRefused, authenticate
 from viewer.db import User
+from viewer.security import error_response
 
 bp = Blueprint("signin", __name__)
 
@@ -144,8 +145,11 @@ def login_link(secret: str) -> Response:
     principal = redeem_login_link(services.db(), secret)
     if principal is None:
         audit.record(services.sessions, "login", "refused: invalid or used sign-in link")
-        abort(400, description="This sign-in link is not valid: it has been used already or "
-              "has expired. Ask for a new one (viewer login-link).")
+        return error_response(
+            400, "This sign-in link is not valid: it has been used already, or it is too old. "
+            "Sign in with your username and password, or ask for a new link.",
+            title="This sign-in link has expired",
+            action=("Sign in", url_for("signin.signin_form")))
     token, _current = websessions.start(
         services.db(), user_pk=None, name=principal.name, role=principal.role
     )

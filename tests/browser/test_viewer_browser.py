@@ -293,6 +293,49 @@ def test_cine_plays_and_loops(desktop: Session, server: Server) -> None:
     desktop.assert_clean_console()
 
 
+def test_a_series_that_failed_to_load_can_be_tried_again(desktop: Session, server: Server) -> None:
+    page = desktop.page
+    failing = [True]
+
+    def series_json(route: Any) -> None:
+        if failing[0]:
+            route.fulfill(status=503, content_type="application/json",
+                          body='{"error": "the index is busy"}')
+        else:
+            route.continue_()
+
+    page.route("**/api/studies/*/series/*", series_json)
+    page.goto(server.base + "/")
+    page.locator(".study-link", has_text="MRI Brain").first.click()
+    expect(page.locator("#viewport-status-text")).to_have_text(
+        "This series could not be loaded: the index is busy")
+    expect(page.locator("#ov-progress")).to_be_hidden()
+    retry = page.get_by_role("button", name="Try again")
+    expect(retry).to_be_visible()
+    expect(page.get_by_role("link", name="Sign in again")).to_be_hidden()
+    failing[0] = False
+    retry.click()
+    expect(page.locator("#viewport")).to_have_attribute("data-state", "ready")
+    expect(retry).to_be_hidden()
+
+
+def test_when_the_session_ends_the_viewer_offers_to_sign_in_again(
+    desktop: Session, server: Server
+) -> None:
+    """Not "Try again", which could only fail the same way: signed out after a while
+    without activity, the person signs in again and comes back to the study."""
+    page = desktop.page
+    open_study(page, server, "MRI Brain")
+    study_path = page.evaluate("() => location.pathname")
+    desktop.context.clear_cookies()  # as when the session has ended on the server
+    page.locator(".series-item").nth(1).click()
+    expect(page.locator("#viewport-status-text")).to_contain_text("You have been signed out")
+    expect(page.locator("#viewport")).to_have_attribute("data-state", "error")
+    expect(page.get_by_role("button", name="Try again")).to_be_hidden()
+    page.get_by_role("link", name="Sign in again").click()
+    expect(page).to_have_url(f"{server.base}/signin?next={study_path}")
+
+
 def test_phone_layout_and_pinch_zoom(phone: Session, server: Server) -> None:
     page = phone.page
     viewport = open_study(page, server)

@@ -25,6 +25,15 @@ export function useSession(token, csrf, whenRefused) {
   onUnauthorized = whenRefused || null;
 }
 
+/**
+ * Call `whenRefused` whenever the server answers 401: the session has ended (signed out
+ * after a while without activity, or from another tab).
+ * @param {(err: ApiError) => void} whenRefused
+ */
+export function onSignedOut(whenRefused) {
+  onUnauthorized = whenRefused;
+}
+
 /** True when requests carry the in-memory session (cookies may be refused). */
 export function hasSessionHeader() {
   return session !== null;

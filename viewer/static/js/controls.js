@@ -119,8 +119,8 @@ export function bindPointer(vp, el, opts) {
   };
 
   el.addEventListener('pointerdown', (e) => {
-    // Buttons inside the viewport (e.g. "Try again") keep their own clicks.
-    if (e.target instanceof Element && e.target.closest('button')) return;
+    // Buttons and links inside the viewport ("Try again", "Sign in again") keep their clicks.
+    if (e.target instanceof Element && e.target.closest('button, a[href]')) return;
     const p = local(e);
     if (e.pointerType === 'mouse') {
       if (g) return;

@@ -170,6 +170,14 @@ function initShareDialog(dialog) {
     refresh();
   });
   byId('share-close')?.addEventListener('click', () => dialog.close());
+  // The new link and its access code are shown once: not again when the dialog reopens.
+  dialog.addEventListener('close', () => {
+    result.hidden = true;
+    urlField.value = '';
+    delete urlField.dataset.shareId;
+    codeValue.textContent = '';
+    status.textContent = '';
+  });
   dialog.addEventListener('click', (e) => {
     if (e.target === dialog) dialog.close();
   });

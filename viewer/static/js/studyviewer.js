@@ -14,7 +14,8 @@ import { Cine, bindKeyboard, bindPointer } from './controls.js';
  * @typedef {import('./viewport.js').Preset} Preset
  * @typedef {import('./controls.js').Tool} Tool
  * @typedef {{series_uid: string, number: number | null, description: string, modality: string,
- *            instance_count: number, thumbnail_url: string, url: string}} SeriesSummary
+ *            instance_count: number, image_count: number, thumbnail_url: string,
+ *            url: string}} SeriesSummary
  * @typedef {{series_uid: string, study_uid: string, number: number | null, description: string,
  *            modality: string, stacks: Stack[]}} SeriesDetail
  * @typedef {{study_uid: string, description: string}} StudySummary
@@ -87,6 +88,7 @@ const vp = new Viewport(viewportEl, canvas, {
   status: $('viewport-status'),
   statusText: $('viewport-status-text'),
   retry: $('viewport-retry'),
+  signIn: /** @type {HTMLAnchorElement} */ ($('viewport-signin')),
   busy: $('viewport-busy'),
   onChange: render,
 });
@@ -116,7 +118,7 @@ function render() {
   setText(ov.window, wtext);
   setText(ov.zoom, st ? `Zoom ${Math.round(vp.zoom * 100)}%` : '');
   const { done, total } = vp.progress;
-  const loading = total > 0 && done < total;
+  const loading = total > 0 && done < total && vp.state !== 'error';
   ov.progress.hidden = !loading;
   if (loading) setText(ov.progress, `Loading ${done}/${total}`);
 
@@ -179,7 +181,7 @@ function buildStrip(list) {
     b.type = 'button';
     b.className = 'series-item';
     b.dataset.series = s.series_uid;
-    const count = `${s.instance_count} image${s.instance_count === 1 ? '' : 's'}`;
+    const count = `${s.image_count} image${s.image_count === 1 ? '' : 's'}`;
     b.setAttribute('aria-label', `Series ${s.number ?? ''} ${s.description || ''}, ${count}`.replace(/\s+/g, ' '));
     const thumb = document.createElement('span');
     thumb.className = 'series-thumb';
@@ -235,8 +237,9 @@ async function openSeries(summary) {
   try {
     detail = await fetchJSON(summary.url, ctrl.signal);
   } catch (err) {
-    if (isAbort(err)) return;
-    vp.fail(`This series could not be loaded: ${/** @type {Error} */ (err).message}`);
+    if (isAbort(err) || vp.signedOut) return;
+    vp.fail(`This series could not be loaded: ${/** @type {Error} */ (err).message}`,
+      { retry: () => openSeries(summary) });
     return;
   }
   if (seriesCtrl !== ctrl) return;
@@ -295,7 +298,8 @@ export async function loadStudy(apiUrl, wantedSeries = '') {
     if (generation !== studyGeneration) return false;
     const msg = /** @type {Error} */ (err).message;
     placeholder('Could not load the series list.');
-    vp.fail(`The study could not be loaded: ${msg}`);
+    if (vp.signedOut) return false;
+    vp.fail(`The study could not be loaded: ${msg}`, { retry: () => loadStudy(apiUrl, wantedSeries) });
     emit('error', { message: `The study could not be loaded: ${msg}` });
     return false;
   }
@@ -366,6 +370,20 @@ export function current() {
     title: series ? seriesTitle(series) : 'image',
     index: vp.index,
   };
+}
+
+/**
+ * The session has ended (the server answered 401): say so, and offer to sign in again
+ * (the page itself, reloaded, leads to the sign-in form and back here), instead of
+ * "Try again", which could only fail the same way.
+ */
+export function sessionEnded() {
+  if (vp.signedOut) return;
+  cine.pause();
+  seriesCtrl?.abort();
+  vp.ui.signIn.href = location.pathname + location.search;
+  vp.fail('You have been signed out: your session ended after a while without activity, '
+    + 'or you signed out in another window.', { signedOut: true });
 }
 
 /**

@@ -49,7 +49,7 @@ export class Viewport {
    * @param {HTMLElement} root element carrying the data-* state hook
    * @param {HTMLCanvasElement} canvas
    * @param {{status: HTMLElement, statusText: HTMLElement, retry: HTMLElement,
-   *          busy: HTMLElement, onChange: () => void}} ui
+   *          signIn: HTMLAnchorElement, busy: HTMLElement, onChange: () => void}} ui
    */
   constructor(root, canvas, ui) {
     this.root = root;
@@ -91,6 +91,10 @@ export class Viewport {
     this.progress = { done: 0, total: 0 };
     /** @type {string | null} set when the series itself could not be shown */
     this.fatal = null;
+    /** @type {(() => void) | null} what "Try again" does after `fatal` */
+    this.fatalRetry = null;
+    /** Set when the session has ended: "Sign in again" instead of "Try again". */
+    this.signedOut = false;
     this.drawQueued = false;
     /** @type {number | undefined} */
     this.settleTimer = undefined;
@@ -105,6 +109,11 @@ export class Viewport {
     new ResizeObserver(() => this.measure()).observe(root);
     this.measure();
     ui.retry.addEventListener('click', () => {
+      const again = this.fatal ? this.fatalRetry : null;
+      if (again) {
+        again();
+        return;
+      }
       this.loader.clearFailures();
       this.fatal = null;
       this.updateWanted();
@@ -125,6 +134,7 @@ export class Viewport {
     this.loader.clearFailures();
     this.stack = stack;
     this.fatal = stack.slices.length ? null : 'This series has no images that can be shown.';
+    this.fatalRetry = null;
     this.lastDrawn = null;
     const n = stack.slices.length;
     this.index = clamp(opts.index ?? Math.floor((n - 1) / 2), 0, Math.max(0, n - 1));
@@ -144,16 +154,25 @@ export class Viewport {
     this.stack = null;
     this.lastDrawn = null;
     this.fatal = null;
+    this.fatalRetry = null;
+    this.signedOut = false;
     this.loadingMessage = message;
     this.changed(true);
   }
 
-  /** @param {string} message */
-  fail(message) {
+  /**
+   * Show an error instead of the series.
+   * @param {string} message
+   * @param {{retry?: () => void, signedOut?: boolean}} [opts] what "Try again" does (no
+   *   button without it); whether the session has ended (a "Sign in again" link instead)
+   */
+  fail(message, opts = {}) {
     this.loader.cancelAll();
     this.stack = null;
     this.lastDrawn = null;
     this.fatal = message;
+    this.fatalRetry = opts.retry || null;
+    this.signedOut = !!opts.signedOut;
     this.changed(true);
   }
 
@@ -608,7 +627,8 @@ export class Viewport {
     this.ui.status.hidden = !showStatus;
     this.ui.status.classList.toggle('is-error', error);
     if (this.ui.statusText.textContent !== message) this.ui.statusText.textContent = message;
-    this.ui.retry.hidden = !error || !this.stack;
+    this.ui.retry.hidden = !error || this.signedOut || !(this.stack || this.fatalRetry);
+    this.ui.signIn.hidden = !(error && this.signedOut);
     this.state = state;
     this.publish();
   }
