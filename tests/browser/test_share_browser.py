@@ -141,6 +141,10 @@ def test_patient_shares_then_revokes_and_downloads(browser: Any, server: Server)
         # The patient sees the use, and revokes the link.
         dialog.get_by_role("button", name="Close sharing").click()
         page.get_by_role("button", name="Share this study with a link").click()
+        # The link and its code were shown once, when made: not again on reopening.
+        expect(dialog.locator("#share-result")).to_be_hidden()
+        expect(url_field).to_have_value("")
+        expect(dialog.locator("#share-code-value")).to_have_text("")
         item = dialog.locator(".share-item").first
         expect(item).to_contain_text("opened once")
         expect(item).to_contain_text("Dr Lee, second opinion")
