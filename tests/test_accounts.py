@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from viewer import Services
+from viewer.access import create_login_link
 from viewer.accounts import create_user
 from viewer.db import AuditEvent, Throttle, User, WebSession, utcnow
 
@@ -284,3 +285,18 @@ def test_who_viewed_my_images(app: Flask, services: Services, two_patients: dict
     assert re.search(r"<td>bob.*?</td>\s*<td>opened <span[^>]*>\(refused", page, re.S)
     others = bob_client.get("/activity").get_data(as_text=True)
     assert "alice" not in others
+
+
+def test_staff_see_the_audit_trail_under_its_own_name(
+    app: Flask, services: Services, two_patients: dict  # type: ignore[type-arg]
+) -> None:
+    """Staff see every patient's events: not "my images", which would mislead them."""
+    alice_totp, _ = two_patients["alice"]
+    assert sign_in(app.test_client(), "alice", alice_totp.now()).status_code == 201
+    staff = app.test_client()
+    with services.sessions() as db:
+        assert staff.get(f"/login/{create_login_link(db, 'staff')}").status_code == 302
+    page = staff.get("/activity").get_data(as_text=True)
+    assert "<h1 id=\"activity-heading\">Audit trail</h1>" in page
+    assert ">Audit trail</a>" in page and "Who viewed my images" not in page
+    assert re.search(r"<td>alice.*?</td>\s*<td>signed in</td>", page, re.S), page

@@ -6,7 +6,14 @@ from flask import Blueprint, current_app, render_template, url_for
 from sqlalchemy import select
 
 from viewer import reports
-from viewer.access import find_study, record_view, require_principal, visible_studies
+from viewer.access import (
+    ROLES,
+    current_principal,
+    find_study,
+    record_view,
+    require_principal,
+    visible_studies,
+)
 from viewer.api import list_studies, study_summaries
 from viewer.db import AuditEvent
 
@@ -52,9 +59,19 @@ ACTIVITY_WORDS = {
 }
 
 
+@bp.app_template_global()
+def activity_title() -> str:
+    """The activity page's name: for a patient, the record of their own studies; for staff,
+    every recorded event."""
+    principal = current_principal()
+    return "Audit trail" if principal is not None and principal.role in ROLES \
+        else "Who viewed my images"
+
+
 @bp.get("/activity")
 def activity() -> str:
-    """"Who viewed my images": every recorded access to the caller's studies, newest first."""
+    """"Who viewed my images": every recorded access to the caller's studies, newest first
+    (staff: the audit trail, every event)."""
     db = _db()
     principal = require_principal()
     studies = {s.study_uid: s for s in db.scalars(visible_studies(principal))}
