@@ -111,7 +111,8 @@ def test_rendered_frame_png_equals_the_pipeline(client: FlaskClient, auth, ge, c
     "query",
     ["window=600%2C1200%2Clinear", "window=600,1200", "window=600,1200,SIGMOID",
      "viewport=128,128", "viewport=64,64,10,10,100,-100", "quality=50&accept=image/jpeg",
-     "accept=image/gif", "annotation=patient,technique&window=1,2", "charset=UTF-8"],
+     "accept=image/gif", "annotation=patient,technique&window=1,2", "charset=UTF-8",
+     "window=-1.5e2,.5e3", "window=+600.,1200.0", "viewport=64,64,-0,10.,10,-1e1"],
 )
 def test_rendered_parameters_accepted(client: FlaskClient, auth, ge, query: str) -> None:  # type: ignore[no-untyped-def]
     url = series_json(client, auth, ge)["stacks"][0]["slices"][0]["url"]
@@ -124,6 +125,12 @@ def test_rendered_parameters_accepted(client: FlaskClient, auth, ge, query: str)
     ("query", "reason"),
     [
         ("window=abc,1", "not a number"),
+        ("window=%EF%BC%91,2", "not a number"),  # a full-width one (U+FF11): float() takes it
+        ("window=1_0,2", "not a number"),
+        ("window=nan,2", "not a number"),
+        ("window=1e400,2", "finite"),
+        ("viewport=64,64,%EF%BC%91,0,5,5", "not a number"),
+        ("viewport=64,64,1_0,0,5,5", "not a number"),
         ("window=1", "center,width"),
         ("window=1,0", "width"),
         ("window=1,100,cubic", "function"),

@@ -8,6 +8,7 @@ linear window is one multiply-add in place, and PNG is written by ``viewer.png``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -129,6 +130,18 @@ def codec_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
+log = logging.getLogger(__name__)
+
+
+def undecodable(syntax: str, number: int, exc: BaseException) -> str:
+    """Our own words for a decoder's failure on frame ``number``; the decoders' own text
+    (plugin names, error codes, object addresses) is for the server log, not the client."""
+    log.warning("frame %d (transfer syntax %s) cannot be decoded: %s", number, syntax, exc)
+    uid = UID(syntax)
+    name = uid.name if uid.is_transfer_syntax else f"transfer syntax {syntax or 'missing'}"
+    return f"cannot decode the pixel data of frame {number} ({name}): it is corrupt or cut short"
+
+
 def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
     """Decode frame ``index`` (0-based) and apply the modality LUT.
 
@@ -147,7 +160,7 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
     except BaseException as exc:  # decoders raise many types for corrupt data
         if not codec_failure(exc):
             raise
-        raise RenderError(f"cannot decode the pixel data: {exc}") from exc
+        raise RenderError(undecodable(_syntax(ds), index + 1, exc)) from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         if array.ndim != 2:  # indexes, one number a pixel (not SamplesPerPixel 3)
@@ -190,6 +203,10 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
     )
 
 
+def _syntax(ds: Dataset) -> str:
+    return str(ds.file_meta.get("TransferSyntaxUID", "")) if ds.file_meta else ""
+
+
 def _check_codestream(ds: Dataset, index: int, frames: int) -> None:
     """Refuse an encoded frame whose declared size disagrees with Rows/Columns.
 
@@ -197,13 +214,13 @@ def _check_codestream(ds: Dataset, index: int, frames: int) -> None:
     65535x65535 pixels would take gigabytes; import refuses such files, and this
     guards files stored before that check existed.
     """
-    syntax = UID(ds.file_meta.get("TransferSyntaxUID", "") if ds.file_meta else "")
+    syntax = UID(_syntax(ds))
     if not syntax.is_transfer_syntax or not syntax.is_encapsulated:
         return
     try:
         encoded = get_frame(ds.PixelData, index, number_of_frames=frames)
     except Exception as exc:
-        raise RenderError(f"cannot decode the pixel data: {exc}") from exc
+        raise RenderError(undecodable(syntax, index + 1, exc)) from exc
     size = codestream_size(encoded)
     expected = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))
     if size is not None and size != expected:

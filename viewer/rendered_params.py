@@ -7,6 +7,7 @@ parameter and why; it is never silently ignored.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from werkzeug.datastructures import MIMEAccept, MultiDict
@@ -39,11 +40,14 @@ def _whole(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+# A decimal number in ASCII: ``float`` also takes full-width digits, "1_0", "nan" and "inf".
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _number(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"{what}: {text!r} is not a number") from None
+    if not _DECIMAL.fullmatch(text):
+        raise BadRequest(f"{what}: {text!r} is not a number")
+    value = float(text)
     if not math.isfinite(value):
         raise BadRequest(f"{what}: must be a finite number")
     return value

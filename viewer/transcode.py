@@ -13,6 +13,7 @@ binary values) and syntaxes without a decoder; those are sent as stored only.
 
 from __future__ import annotations
 
+import logging
 from io import BytesIO
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pydicom.uid import (
 
 from viewer.render import codec_failure
 
+log = logging.getLogger(__name__)
 # The most a transcoded instance may hold in memory (its pixels, decoded): a worker
 # builds it whole, so larger ones are sent as stored only.
 MAX_BYTES = 256 << 20
@@ -78,5 +80,8 @@ def to_explicit_little_endian(path: Path) -> bytes:
     except BaseException as exc:  # a decoder's or writer's error: the file cannot be converted
         if not codec_failure(exc):
             raise
-        raise TranscodeError(f"it cannot be decoded ({exc})") from None
+        # The decoders' own words (plugin names, error codes) are for the log.
+        log.warning("%s cannot be converted to Explicit VR Little Endian: %s", path.name, exc)
+        raise TranscodeError("its pixel data cannot be decoded: it is corrupt or cut short") \
+            from None
     return out.getvalue()

@@ -46,7 +46,7 @@ from viewer.fastheader import read_file
 from viewer.headers import stored_syntax
 from viewer.multipart import closing, new_boundary, part_head
 from viewer.negotiation import MediaRange, media_ranges, require_json
-from viewer.render import codec_failure
+from viewer.render import codec_failure, undecodable
 from viewer.storage import read_chunks
 
 log = logging.getLogger(__name__)
@@ -462,7 +462,7 @@ class FrameReader:
         except BaseException as exc:  # any codec failure; the file was opened already
             if not codec_failure(exc):
                 raise
-            raise UnprocessableEntity(f"frame {number} cannot be decoded: {exc}") from None
+            raise UnprocessableEntity(undecodable(self.syntax, number, exc)) from None
         if self.bits == 1:
             return np.packbits(array.ravel(), bitorder="little").tobytes()
         return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
