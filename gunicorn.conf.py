@@ -89,10 +89,17 @@ def post_worker_init(worker):
 
 # Kept-alive connections: the thread that answered one waits this long for its next request.
 KEEPALIVE_LINGER_MS = 2
+# A client that stops sending in the middle of a request is taken to have gone: after this
+# long without a byte, or when its request line and headers are not all in after
+# REQUEST_HEAD_S. gunicorn itself waits for good, so a few connections that send half a
+# request and stop (a "slowloris") would hold every thread and stall the server.
+CLIENT_IDLE_S = 15.0
+REQUEST_HEAD_S = 10.0
 
 import select  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 
 from gunicorn.workers.gthread import TConn, ThreadWorker  # noqa: E402
 
@@ -102,6 +109,32 @@ def _readable_within(sock: socket.socket, milliseconds: int) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(milliseconds))
+
+
+class ClientSocket(socket.socket):
+    """A client connection whose reads give up on a client that has stopped sending.
+
+    gunicorn reads requests with ``recv`` on a blocking socket and no time limit. Here a
+    read that would wait longer than CLIENT_IDLE_S (or past ``head_deadline``, while the
+    request line and headers come in) ends the connection's reading instead, as if the
+    client had closed it: gunicorn and Werkzeug already handle that (the connection
+    closes; a request body cut short is a 400).
+    """
+
+    head_deadline: float | None = None
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> "ClientSocket":
+        return cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if self.gettimeout() is None:  # gunicorn's own bounded reads set a timeout
+            wait = CLIENT_IDLE_S
+            if self.head_deadline is not None:
+                wait = min(wait, self.head_deadline - time.monotonic())
+            if wait <= 0 or not _readable_within(self, int(wait * 1000)):
+                self.shutdown(socket.SHUT_RD)  # every later read sees the end, too
+        return super().recv(size, flags)
 
 
 class LingeringThreadWorker(ThreadWorker):
@@ -131,7 +164,10 @@ class LingeringThreadWorker(ThreadWorker):
     def handle(self, conn: TConn) -> object:
         with self._queued_lock:
             self._queued -= 1
+        if not isinstance(conn.sock, ClientSocket):  # a new connection, not yet read from
+            conn.sock = ClientSocket.adopt(conn.sock)
         while True:
+            conn.sock.head_deadline = time.monotonic() + REQUEST_HEAD_S
             keep_alive = super().handle(conn)
             if keep_alive is not True or not self.alive or conn.is_http2 or self._queued:
                 return keep_alive
@@ -139,6 +175,10 @@ class LingeringThreadWorker(ThreadWorker):
                 continue  # the next request was sent with the last one (pipelining)
             if not _readable_within(conn.sock, KEEPALIVE_LINGER_MS):
                 return keep_alive  # back to the poller, as gthread does
+
+    def handle_request(self, req: object, conn: TConn) -> object:
+        conn.sock.head_deadline = None  # the head is in; the app reads the body
+        return super().handle_request(req, conn)
 
 
 worker_class = LingeringThreadWorker

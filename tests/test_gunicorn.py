@@ -125,6 +125,41 @@ def test_a_lingering_connection_lets_a_waiting_one_go_first(server: LiveServer) 
     )
 
 
+def test_clients_that_stop_sending_mid_request_do_not_keep_the_thread(
+    server: LiveServer,
+) -> None:
+    """The only thread is taken by a connection that sent half a request head and
+    stopped; another by one that sent half its body. Each is let go (REQUEST_HEAD_S,
+    CLIENT_IDLE_S; a body cut short is a 400), and the next client is answered."""
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    head_s, idle_s = settings["REQUEST_HEAD_S"], settings["CLIENT_IDLE_S"]
+    started = time.monotonic()
+    with socket.create_connection(address(server), timeout=60) as half_head:
+        half_head.sendall(b"GET /signin HTTP/1.1\r\nHost: test\r\nX-Slow: 1")
+        time.sleep(0.5)  # the thread is reading this head now: the next client must wait
+        conn = http.client.HTTPConnection(*address(server), timeout=60)
+        try:
+            conn.request("GET", ASSET)
+            answer = conn.getresponse()
+            assert (answer.status, answer.read()) == (200, BODY)
+        finally:
+            conn.close()
+        waited = time.monotonic() - started
+        assert head_s - 1 < waited < head_s + idle_s, waited
+        assert read_to_end(half_head) == b""  # closed without an answer
+    with socket.create_connection(address(server), timeout=60) as half_body:
+        half_body.sendall(b"POST /api/session HTTP/1.1\r\nHost: test\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                          b'{"username": "x')
+        started = time.monotonic()
+        answer_bytes = read_to_end(half_body)
+        waited = time.monotonic() - started
+    assert answer_bytes.startswith(b"HTTP/1.1 400 "), answer_bytes[:200]
+    assert idle_s - 1 < waited < idle_s + head_s, waited
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log and "Socket error" not in log
+
+
 def test_a_worker_freezes_what_it_has_loaded() -> None:
     """gunicorn calls ``post_worker_init`` once the app is loaded; it takes the objects
     loaded so far out of the cyclic collector's sight (``gc.freeze``)."""
