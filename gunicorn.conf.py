@@ -137,10 +137,42 @@ class ClientSocket(socket.socket):
         return super().recv(size, flags)
 
 
+# gunicorn reads at most this much of a request body the app left unread before it gives
+# up and closes the connection (gunicorn.http.parser._DRAIN_MAX_BYTES).
+DRAIN_MAX_BYTES = 64 * 1024
+
+
+def close_after_unread_bodies(app):  # type: ignore[no-untyped-def]
+    """``app``, except that an error answer to a request with more body than gunicorn
+    drains says ``Connection: close``.
+
+    An app refusing a request (401, 413, 415…) does not read its body; gunicorn then
+    closes the connection after the answer, which it had sent with "Connection:
+    keep-alive", so a client's next request on it met a closed connection.
+    """
+
+    def closing(environ, start_response):  # type: ignore[no-untyped-def]
+        def start(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
+            if int(status[:3]) >= 400 and _body_beyond_drain(environ):
+                start_response.__self__.force_close()  # gunicorn's Response
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return closing
+
+
+def _body_beyond_drain(environ) -> bool:  # type: ignore[no-untyped-def]
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return True
+    length = environ.get("CONTENT_LENGTH", "")
+    return length.isdigit() and int(length) > DRAIN_MAX_BYTES
+
+
 class LingeringThreadWorker(ThreadWorker):
     """gunicorn's gthread worker, except that the thread that answered a kept-alive
     connection waits up to KEEPALIVE_LINGER_MS for that connection's next request and
-    answers it itself.
+    answers it itself (and ``ClientSocket`` and ``close_after_unread_bodies``).
 
     gthread hands every request of a kept-alive connection from its poller thread to a
     pool thread and back again: two thread wake-ups, a pipe and four more system calls.
@@ -160,6 +192,10 @@ class LingeringThreadWorker(ThreadWorker):
         with self._queued_lock:
             self._queued += 1
         super().enqueue_req(conn)
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = close_after_unread_bodies(self.wsgi)
 
     def handle(self, conn: TConn) -> object:
         with self._queued_lock:

@@ -160,6 +160,24 @@ def test_clients_that_stop_sending_mid_request_do_not_keep_the_thread(
     assert "Traceback" not in log and "Socket error" not in log
 
 
+def test_an_error_answer_to_a_body_left_unread_says_whether_the_connection_stays(
+    server: LiveServer,
+) -> None:
+    """Refused without reading its body (401 here), a request with more body than
+    gunicorn drains gets "Connection: close" (gunicorn then closes it); with a small one
+    the connection stays and the next request on it is answered."""
+    for size, stays in ((1_000, True), (200_000, False)):
+        with socket.create_connection(address(server), timeout=30) as sock:
+            sock.sendall(b"POST /dicom-web/studies HTTP/1.1\r\nHost: test\r\n"
+                         b"Content-Type: application/dicom\r\n"
+                         b"Content-Length: %d\r\n\r\n" % size + bytes(size) + request(ASSET))
+            answers = read_to_end(sock)
+        head = answers.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 401 ")
+        assert (b"connection: keep-alive" if stays else b"connection: close") in head
+        assert (answers.count(BODY) == 1) is stays
+
+
 def test_a_worker_freezes_what_it_has_loaded() -> None:
     """gunicorn calls ``post_worker_init`` once the app is loaded; it takes the objects
     loaded so far out of the cyclic collector's sight (``gc.freeze``)."""
