@@ -184,6 +184,20 @@ def test_series_rendered_is_multipart_in_slice_order(client: FlaskClient, auth, 
     assert response.data.count(b"Content-Type: image/png") == 130
 
 
+def test_a_multiframe_rendered_answer_has_a_size_limit(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    """130 slices at 4096x4096 would be 2 gigapixels of encoding for one request."""
+    series = f"/dicom-web/studies/{ge['study']}/series/{ge['series']}/rendered"
+    for side in (4096, 1450):  # 130 x 1450 x 1450 = 273 megapixels
+        refused = client.get(f"{series}?viewport={side},{side}", headers=auth)
+        assert refused.status_code == 400
+        assert refused.get_json()["error"] == (
+            f"viewport: 130 frames of up to {side}x{side} pixels are more than 268 megapixels "
+            "in one answer; ask for a smaller viewport or fewer frames")
+    allowed = client.get(f"{series}?viewport=1400,1400", headers=auth)  # 255 megapixels
+    assert allowed.status_code == 200 and allowed.mimetype == "multipart/related"
+    allowed.close()  # not read: 130 frames at 1400x1400
+
+
 def test_qido_search(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]
     found = client.get("/dicom-web/studies?PatientID=dicom", headers=auth)
     assert found.status_code == 200

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, request, stream_with_context
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import BadRequest, NotFound
 
 from viewer import qido, rendered_params, stow, wado
 from viewer.access import (
@@ -111,12 +111,24 @@ def _single(file_hash: str, number: int, params: rendered_params.RenderParams,
     return response
 
 
+# The most pixels a viewport may ask for in one multi-frame answer (a study's, a series'):
+# e.g. 1,000 frames at 512x512. A few 4096x4096 answers for a whole series (2 gigapixels
+# each, a minute of encoding) would otherwise keep every thread busy.
+MAX_ANSWER_PIXELS = 1 << 28
+
+
 def _multipart(items: list[tuple[str, int]], params: rendered_params.RenderParams,
                labels: dict[str, list[str]]) -> Response:
     """Many frames as multipart/related, rendered one by one while streaming."""
     boundary = uuid.uuid4().hex
     if not items:
         raise NotFound("there are no images here")
+    viewport = params.viewport
+    if viewport is not None and len(items) * viewport.width * viewport.height > MAX_ANSWER_PIXELS:
+        raise BadRequest(
+            f"viewport: {len(items)} frames of up to {viewport.width}x{viewport.height} "
+            f"pixels are more than {MAX_ANSWER_PIXELS // 1_000_000} megapixels in one answer; "
+            "ask for a smaller viewport or fewer frames")
     # The first part is rendered before the answer starts, so a frame that
     # cannot be decoded is still a 422, not an empty 200.
     first = _image(items[0][0], items[0][1], params, labels)
