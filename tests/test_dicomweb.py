@@ -199,10 +199,22 @@ def test_qido_matching_paging_and_errors(client: FlaskClient, auth: dict[str, st
     assert unknown.status_code == 200 and any("00321030" in w
                                               for w in unknown.headers.getlist("Warning"))
     for query in ("includefield=NotAKeyword", "StudyTime=noon", "StudyDate=2020-01",
-                  "limit=x", "InstanceNumber=one"):
+                  "limit=x", "InstanceNumber=one", "StudyDate=20201345", "StudyDate=20210229",
+                  "StudyDate=20200101-20201345", "StudyTime=250000", "StudyTime=1260",
+                  "StudyDate=%EF%BC%92%EF%BC%90%EF%BC%92%EF%BC%900101"):  # full-width digits
         response = client.get(f"{BASE}/instances?{query}", headers=auth)
         assert response.status_code == 400, query
         assert response.get_json()["error"]
+    # Universal matching (PS3.4 C.2.2.2.3): an empty value matches every study, and asks
+    # for the attribute back.
+    every = client.get(f"{BASE}/studies?PatientID=&StudyDate=&StudyDescription=",
+                       headers=auth)
+    assert every.status_code == 200
+    assert every.get_json() == client.get(f"{BASE}/studies", headers=auth).get_json()
+    plain = client.get(f"{BASE}/instances?limit=3", headers=auth).get_json()
+    assert not any("00081030" in answer for answer in plain)  # not an instance attribute
+    asked = client.get(f"{BASE}/instances?limit=3&StudyDescription=", headers=auth).get_json()
+    assert len(asked) == 3 and all("00081030" in answer for answer in asked)
     xml = client.get(f"{BASE}/studies", headers={**auth, "Accept": "application/dicom+xml"})
     assert xml.status_code == 406 and "dicom+json" in xml.get_json()["error"]
     assert client.get(f"{BASE}/studies", headers={**auth, "Accept": "application/json"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flask import Response, request
@@ -24,8 +25,9 @@ from viewer.db import Instance, Patient, Series, Study
 from viewer.dicomjson import attr, base_url, json_response, services, tag_of
 from viewer.negotiation import require_json
 
-DATE = re.compile(r"^\d{8}$")
-TIME = re.compile(r"^\d{2,6}(\.\d{1,6})?$")
+# ASCII digits ("\d" takes any script's), in the ranges of a calendar and a clock.
+DATE = re.compile(r"[0-9]{4}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])")
+TIME = re.compile(r"(?:[01][0-9]|2[0-3])(?:[0-5][0-9](?:(?:[0-5][0-9]|60)(?:\.[0-9]{1,6})?)?)?")
 FORMATS = {"date": "YYYYMMDD", "time": "HHMMSS"}
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -107,6 +109,12 @@ def parse_query(level: str) -> Query:
                 query.warnings.append(f"matching on {key[:64]} is not supported and was ignored")
             elif LEVELS[matcher.level] > LEVELS[level]:
                 query.warnings.append(f"{keyword} is not a {level}-level key and was ignored")
+            elif value == "":
+                # Universal matching (PS3.4 C.2.2.2.3): every entity matches, and the
+                # attribute is returned.
+                tag = tag_of(keyword)
+                if tag is not None:
+                    query.include.add(tag)
             else:
                 query.filters[keyword] = value
     return query
@@ -145,12 +153,24 @@ def _match(stmt: Select, keyword: str, value: str) -> Select:
     return stmt.where(column == value)
 
 
+def _valid(pattern: re.Pattern[str], value: str) -> bool:
+    """``value`` has the pattern's form, and is a day that exists (no 31 April)."""
+    if not pattern.fullmatch(value):
+        return False
+    if pattern is DATE:
+        try:
+            datetime.strptime(value, "%Y%m%d")
+        except ValueError:
+            return False
+    return True
+
+
 def _match_moment(stmt: Select, keyword: str, column: Any, kind: str, value: str) -> Select:
     """A date or time, exact or as a range (open at either end)."""
     single = DATE if kind == "date" else TIME
     if "-" in value:
         low, _, high = value.partition("-")
-        if not all(single.match(v) for v in (low, high) if v) or not (low or high):
+        if not all(_valid(single, v) for v in (low, high) if v) or not (low or high):
             raise BadRequest(f"{keyword}: a range is LOW-HIGH, each {FORMATS[kind]}")
         if low:
             stmt = stmt.where(column >= low)
@@ -158,7 +178,7 @@ def _match_moment(stmt: Select, keyword: str, column: Any, kind: str, value: str
             # A time prefix (1200) covers everything within it (120000.5), hence "~".
             stmt = stmt.where(column <= (high if kind == "date" else high + "~"))
         return stmt
-    if not single.match(value):
+    if not _valid(single, value):
         raise BadRequest(f"{keyword}: use {FORMATS[kind]} or a range")
     return stmt.where(column == value if kind == "date" else column.like(value + "%"))
 
