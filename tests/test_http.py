@@ -170,6 +170,7 @@ def test_etag_revalidation_is_304(client: FlaskClient, auth, ge) -> None:  # typ
     first = client.get(url, headers=auth)
     again = client.get(url, headers={**auth, "If-None-Match": first.headers["ETag"]})
     assert again.status_code == 304
+    assert "Content-Type" not in again.headers and again.data == b""
     other = client.get(url.replace("1,2", "1,3"), headers=auth)
     assert other.headers["ETag"] != first.headers["ETag"]
 
@@ -211,7 +212,9 @@ def test_qido_search(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-
                   f"StudyInstanceUID={ge['study']}", "PatientID=dic*"):
         assert client.get(f"/dicom-web/studies?{query}", headers=auth).status_code == 200
     for query in ("PatientID=nobody", "StudyDate=20300101-", "ModalitiesInStudy=CT"):
-        assert client.get(f"/dicom-web/studies?{query}", headers=auth).status_code == 204
+        nothing = client.get(f"/dicom-web/studies?{query}", headers=auth)
+        assert nothing.status_code == 204
+        assert "Content-Type" not in nothing.headers and nothing.data == b""
     assert client.get("/dicom-web/studies?StudyDate=yesterday", headers=auth).status_code == 400
     series = client.get(f"/dicom-web/studies/{ge['study']}/series", headers=auth).get_json()
     assert series[0]["0020000E"]["Value"] == [ge["series"]]

@@ -95,6 +95,8 @@ def _add_headers(response: Response) -> Response:
         headers["Cache-Control"] = "private, no-cache"
     if request.is_secure:
         headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    if response.status_code in (204, 304):
+        del headers["Content-Type"]  # no body to type (Flask gives every answer one)
     return response
 
 
