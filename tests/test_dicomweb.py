@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import select
 
 from viewer import Services, create_app, multipart
@@ -21,12 +23,19 @@ from viewer.config import load_config
 from viewer.db import Instance, Portal
 from viewer.embed import add_portal
 from viewer.negotiation import parse_media_type
+from viewer.stow import MAX_PARTS
 
 from .conftest import make_env
 from .dicomfactory import encode, make_dataset
 from .test_accounts import add_study, audit_rows, make_patient, sign_in
 from .test_embed import launch, token_of, trade
-from .test_malformed import transfer_syntax_uid, truncated_in_meta, with_content_time, with_vr
+from .test_malformed import (
+    ge_slice_with_short_pixels,
+    transfer_syntax_uid,
+    truncated_in_meta,
+    with_content_time,
+    with_vr,
+)
 
 BASE = "/dicom-web"
 RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"  # RT Plan Storage: not an image class
@@ -496,6 +505,67 @@ def test_stow_refuses_files_the_import_cannot_read(
         assert db.scalars(select(Instance.sop_uid)).all() == []
 
 
+def test_stow_refuses_a_deflated_file_with_truncated_pixel_data(
+        client: FlaskClient, auth: dict[str, str], services: Services, corpus: Path) -> None:
+    """As in any other transfer syntax: 409, 0xA900 and the reason; nothing is stored."""
+    data = ge_slice_with_short_pixels(corpus, DeflatedExplicitVRLittleEndian)
+    response = stow(client, auth, [data])
+    assert response.status_code == 409
+    [failed] = response.get_json()["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [0xA900]
+    assert response.headers.getlist("Warning") == [
+        '299 viewer "pixel data is truncated (700 bytes, 131072 expected)"']
+    with services.sessions() as db:
+        assert db.scalars(select(Instance.sop_uid)).all() == []
+    assert [p for p in services.store.root.rglob("*") if p.is_file()] == []
+
+
+def test_stow_refuses_empty_and_non_dicom_parts_without_importing_them(
+        client: FlaskClient, auth: dict[str, str], services: Services) -> None:
+    """An empty part, or one with neither a DICM preamble nor SOP UIDs, is refused on its
+    bytes alone. With the staging folder gone every import fails ("cannot read it"), as the
+    valid file's does: the other parts never got to the Importer."""
+    shutil.rmtree(services.store.tmp)
+    try:
+        response = stow(client, auth, [b"", b"not dicom at all", bytes(300),
+                                       encode(make_dataset())])
+    finally:
+        services.store.tmp.mkdir()
+    assert response.status_code == 409
+    failed = response.get_json()["00081198"]["Value"]
+    assert [f["00081197"]["Value"] for f in failed] == [[0xC000]] * 4
+    empty, staged, not_dicom = response.headers.getlist("Warning")  # each reason once, sorted
+    assert empty == '299 viewer "an empty part, not a DICOM file"'
+    assert staged.startswith('299 viewer "cannot read it (')  # the valid file only
+    assert not_dicom == '299 viewer "not a DICOM file (no DICM preamble and no SOP identifiers)"'
+
+
+def test_stow_stops_at_the_part_limit(client: FlaskClient, auth: dict[str, str],
+                                      services: Services) -> None:
+    """A body of many tiny parts (here 20,000 empty ones, 880 KB) is answered 413 once past
+    ``MAX_PARTS``, without reading further; what was stored before stays, and is said."""
+    good = make_dataset()
+    at_limit = stow(client, auth, [encode(good)] + [b""] * (MAX_PARTS - 1))
+    assert at_limit.status_code == 202
+    assert len(at_limit.get_json()["00081198"]["Value"]) == MAX_PARTS - 1
+
+    head = b"--XXB\r\nContent-Type: application/dicom\r\n\r\n"
+    body = (head + encode(make_dataset()) + b"\r\n" + (head + b"\r\n") * 20_000
+            + b"--XXB--\r\n")
+    over = stow(client, auth, [], boundary="XXB", body=body)
+    assert over.status_code == 413
+    assert over.get_json()["error"] == (
+        f"more than {MAX_PARTS} parts in one STOW-RS request (the limit): send at most "
+        f"{MAX_PARTS} instances per request (1 of the first {MAX_PARTS} parts stored; "
+        "sending them again is harmless)")
+    with services.sessions() as db:
+        assert len(db.scalars(select(Instance.sop_uid)).all()) == 2
+    audit = audit_rows(services, "instances-stored")[-1]
+    assert audit.outcome == f"more than {MAX_PARTS} parts in one STOW-RS request (the limit)"
+    assert audit.detail["stored"] == 1 and audit.detail["failed"] == MAX_PARTS - 1
+
+
 # --- frames --------------------------------------------------------------------------------
 
 
@@ -537,7 +607,9 @@ def test_frames_native_by_default_and_stored_on_request(
     got = [data for _, data in parts(several)]
     assert got == [arrays[2].astype(arrays.dtype.newbyteorder("<")).tobytes(),
                    arrays[0].astype(arrays.dtype.newbyteorder("<")).tobytes()]
-    assert client.get(instance_path(uids) + "/frames/0", headers=auth).status_code == 404
+    zero = client.get(instance_path(uids) + "/frames/0", headers=auth)
+    assert zero.status_code == 400 and zero.get_json()["error"] == (
+        "frames: frame numbers start at 1")
     assert client.get(instance_path(uids) + "/frames/999", headers=auth).status_code == 404
     assert client.get(instance_path(uids) + "/frames/1,x", headers=auth).status_code == 400
 

@@ -364,7 +364,9 @@ def parse_frames(text: str, count: int) -> list[int]:
         if not (digits.isascii() and digits.isdigit()):
             raise BadRequest("frames: expected frame numbers like 1 or 1,2,3")
         number = int(digits)
-        if not 1 <= number <= count:
+        if number == 0:
+            raise BadRequest("frames: frame numbers start at 1")
+        if number > count:
             raise NotFound(f"frame {number} does not exist (the instance has {count})")
         numbers.append(number)
     return numbers
