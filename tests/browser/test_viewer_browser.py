@@ -383,6 +383,40 @@ def test_phone_layout_and_pinch_zoom(phone: Session, server: Server) -> None:
     phone.assert_clean_console()
 
 
+@pytest.mark.parametrize("size", [(360, 740), (740, 360), (844, 390)],
+                         ids=["upright", "sideways", "sideways-wide"])
+def test_on_a_phone_the_image_and_slice_bar_keep_their_place(
+    browser: Any, signed_in: dict[str, Any], server: Server, size: tuple[int, int]
+) -> None:
+    """With the report open (the default), upright or held sideways: the image gets a
+    good share of the height, and the slice bar is on screen and not painted over."""
+    width, height = size
+    session = open_session(browser, signed_in, **{**PHONE, "viewport": {"width": width,
+                                                                        "height": height}})
+    try:
+        page = session.page
+        viewport = open_study(page, server, "MRI Brain")
+        expect(page.locator(".report-panel")).to_be_visible()
+        box = viewport.bounding_box()
+        assert box is not None and box["height"] >= 0.45 * height, box
+        for control in (page.locator("#slice-slider"),
+                        page.get_by_role("button", name="Next slice")):
+            x, y = centre_of(control)
+            assert 0 < y < height
+            hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.closest("
+                                "'#slice-slider, button')?.id || document.elementFromPoint"
+                                "(x, y)?.closest('button')?.getAttribute('aria-label')", [x, y])
+            assert hit in ("slice-slider", "Next slice"), hit
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+        page.get_by_role("button", name="Next slice").click()
+        expect(viewport).to_have_attribute("data-state", "ready")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"phone-{width}x{height}.png"))
+        session.assert_clean_console()
+    finally:
+        session.context.close()
+
+
 def test_readme_screenshot(desktop: Session, server: Server) -> None:
     """A demo-like desktop view for the README: docs/screenshot.png."""
     page = desktop.page
