@@ -26,6 +26,9 @@ from flask.testing import FlaskClient
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
 )
 from sqlalchemy import func, select
 
@@ -39,6 +42,7 @@ from viewer.storage import ObjectStore
 from . import dicomfactory
 from .conftest import ROOT, make_env
 from .dicomfactory import encode
+from .test_malformed import ge_slice_with_short_pixels
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 MIB = 1 << 20
@@ -584,6 +588,24 @@ def test_deflate_bomb_is_refused_before_it_is_inflated(services: Services, tmp_p
     assert summary.outcomes[0].reason == (
         "the deflated data set inflates to more than the 1 MiB limit (VIEWER_MAX_FILE_MB)"
     )
+    assert_consistent(services)
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                                    ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_truncated_pixel_data_is_refused_in_every_native_syntax(
+    services: Services, corpus: Path, tmp_path: Path, syntax: str
+) -> None:
+    """Deflated too: its pixel data is checked once inflated, as a plain file's is."""
+    (tmp_path / "short.dcm").write_bytes(ge_slice_with_short_pixels(corpus, syntax))
+
+    summary = services.importer.import_paths([tmp_path / "short.dcm"])
+
+    assert [(o.status, o.reason) for o in summary.outcomes] == [
+        ("refused", "pixel data is truncated (700 bytes, 131072 expected)")
+    ]
+    assert stored_files(services) == {}
+    assert instance_count(services) == 0
     assert_consistent(services)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from flask.testing import FlaskClient
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     generate_uid,
 )
@@ -140,6 +142,30 @@ def transfer_syntax_uid(uid: bytes) -> bytes:
     data = encode(make_dataset())
     assert data.count(b"1.2.840.10008.1.2.1\0") == 1
     return data.replace(b"1.2.840.10008.1.2.1\0", uid)
+
+
+def deflated(data: bytes) -> bytes:
+    """An Explicit VR Little Endian file made Deflated Explicit VR Little Endian: its data
+    set deflated as it stands (cut short or broken, it stays so once inflated)."""
+    start = 144 + struct.unpack("<I", data[140:144])[0]  # after the file meta group
+    at = data.index(b"\x02\x00\x10\x00UI", 132, start)  # Transfer Syntax UID
+    end = at + 8 + struct.unpack("<H", data[at + 6 : at + 8])[0]
+    uid = DeflatedExplicitVRLittleEndian.encode()  # 22 characters: no padding
+    meta = data[144:at] + data[at : at + 6] + struct.pack("<H", len(uid)) + uid + data[end:start]
+    deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return (data[:140] + struct.pack("<I", len(meta)) + meta + deflater.compress(data[start:])
+            + deflater.flush())
+
+
+def ge_slice_with_short_pixels(corpus: Path, syntax: str) -> bytes:
+    """A GE corpus slice (256x256, 16 bits) in ``syntax`` with 700 bytes of pixel data."""
+    path = next(p for p in sorted((corpus / "ge-t1-mprage").iterdir()) if p.name != "LICENSE")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = b"\x01\x02" * 350  # 131072 bytes expected
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def pixel_data_length(length: int) -> bytes:
@@ -341,6 +367,21 @@ CASES: dict[str, Case] = {
     "PhotometricInterpretation multi-valued": Case(
         lambda: with_value("PhotometricInterpretation", ["MONOCHROME2", "RGB"], "CS"),
         status=422),
+    # A deflated file gets the checks of any other, on its inflated data set.
+    "deflated control: a valid file": Case(lambda: deflated(encode(make_dataset())), status=200),
+    "deflated, pixel data shorter than declared": Case(
+        lambda: deflated(pixels_of_length(100)),
+        "pixel data is truncated (100 bytes, 512 expected)"),
+    "deflated, truncated in the pixel data": Case(
+        lambda: deflated(truncated_in_pixel_data()),
+        "the file is truncated: element (7FE0,0010) claims 512 bytes, only 312 are left"),
+    "deflated, the deflate stream cut short": Case(
+        lambda: deflated(encode(make_dataset()))[:-40],
+        "the file is truncated: its deflated data set is cut short"),
+    "deflated, rows x columns just over the limit": Case(
+        lambda: deflated(image_size(4097, 4096)), "VIEWER_MAX_FRAME_PIXELS"),
+    "deflated, NumberOfFrames huge": Case(
+        lambda: deflated(number_of_frames(b"2147483647")), "VIEWER_MAX_FRAMES"),
 }
 for _keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
     for _label, _value in (("letters", "1.2.840.abc"), ("65 characters", "1." + "2" * 63),

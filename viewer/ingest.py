@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 META_PEEK = 4096  # bytes read to spot a deflated transfer syntax in the file meta
 INSPECT_CHUNK = 8  # sources per task sent to a worker process
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+# Native pixel data, whose length Rows x Columns x ... fixes: a deflated file's too, once inflated.
+NATIVE = UNCOMPRESSED | {DeflatedExplicitVRLittleEndian}
 BITS_ALLOCATED = (1, 8, 16, 32)
 # Samples of objects with Rows/Columns but no Pixel Data (float images, spectroscopy):
 # their absence is what a file cut short before Pixel Data looks like.
@@ -236,7 +238,7 @@ def _read_header(path: Path, limits: Limits) -> tuple[Dataset, bool]:
     data = path.read_bytes() if size <= IN_MEMORY else None
     if data is not None and (ds := read_header(data, MAX_SEQUENCE_DEPTH)) is not None:
         return ds, True
-    _check_deflated(path, limits.max_file_bytes)
+    inflated = _check_deflated(path, limits.max_file_bytes)
 
     def source() -> Path | BytesIO:
         return path if data is None else BytesIO(data)
@@ -247,7 +249,7 @@ def _read_header(path: Path, limits: Limits) -> tuple[Dataset, bool]:
         ds = _dcmread(source(), force=True)
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
             raise Refused("not a DICOM file (no DICM preamble and no SOP identifiers)") from None
-    _check_complete(ds, size if data is None else len(data))
+    _check_complete(ds, size if data is None else len(data), inflated)
     return ds, False
 
 
@@ -272,18 +274,22 @@ def _meta_fits(head: bytes) -> bool:
     return 144 + length <= len(head)
 
 
-def _check_deflated(path: Path, limit: int) -> None:
-    """pydicom inflates a deflated data set whole, in memory: refuse a deflate bomb first."""
+def _check_deflated(path: Path, limit: int) -> int | None:
+    """pydicom inflates a deflated data set whole, in memory: refuse a deflate bomb first.
+
+    Returns the inflated data set's size (None: not deflated), which the positions of
+    its elements are checked against, as a plain file's are against the file's size.
+    """
     with path.open("rb") as handle:
         head = handle.read(META_PEEK)
     if _meta_fits(head) and DeflatedExplicitVRLittleEndian.encode() not in head:
-        return  # the whole file meta was read and names another transfer syntax
+        return None  # the whole file meta was read and names another transfer syntax
     try:
         meta = read_file_meta_info(path)
     except Exception:
-        return  # not a Part 10 file, so not deflated; dcmread decides the rest
+        return None  # not a Part 10 file, so not deflated; dcmread decides the rest
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return
+        return None
     group_length = meta.get("FileMetaInformationGroupLength")
     if not isinstance(group_length, int):
         raise Refused("deflated file without a File Meta Information Group Length")
@@ -303,6 +309,10 @@ def _check_deflated(path: Path, limit: int) -> None:
                     chunk = inflater.unconsumed_tail
         except zlib.error as exc:
             raise Refused(f"not a readable DICOM file (corrupt deflated data: {exc})") from None
+    if not inflater.eof:
+        raise Refused("the file is truncated: its deflated data set is cut short (the "
+                      "deflate stream does not end)")
+    return size
 
 
 def _raw_elements(dataset: Dataset) -> list[DataElement | RawDataElement]:
@@ -314,25 +324,24 @@ def _raw_elements(dataset: Dataset) -> list[DataElement | RawDataElement]:
     return list(dataset.values())
 
 
-def _check_complete(ds: Dataset, size: int) -> None:
-    """Refuse a truncated file: pydicom silently reads less than an element's length."""
+def _check_complete(ds: Dataset, size: int, inflated: int | None) -> None:
+    """Refuse a truncated file: pydicom silently reads less than an element's length.
+
+    ``inflated``: a deflated data set's size once inflated, where its positions are.
+    """
     if len(ds) == 0:
         raise Refused("the file is truncated: nothing follows the file meta information")
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        datasets = [meta]  # positions in the data set are in the inflated stream
-    else:
-        datasets = [meta or Dataset(), ds]
-    for dataset in datasets:
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    for dataset, end in ((meta, size), (ds, size if inflated is None else inflated)):
         for element in _raw_elements(dataset):
             tell = getattr(element, "value_tell", None)
             length = getattr(element, "length", None)
             if tell is None or length is None or length == 0xFFFFFFFF:
                 continue
-            if tell + length > size:
+            if tell + length > end:
                 raise Refused(
                     f"the file is truncated: element {element.tag} claims {length} bytes, "
-                    f"only {max(size - tell, 0)} are left"
+                    f"only {max(end - tell, 0)} are left"
                 )
 
 
@@ -463,7 +472,7 @@ def check(ds: Dataset, limits: Limits, walked: bool = False) -> None:
     length = getattr(element, "length", None)
     if length is None and element is not None and isinstance(element.value, bytes):
         length = len(element.value)
-    if syntax in UNCOMPRESSED and length is not None and length != 0xFFFFFFFF:
+    if syntax in NATIVE and length is not None and length != 0xFFFFFFFF:
         expected = (rows * columns * samples * frames * bits + 7) // 8
         if length < expected:
             raise Refused(f"pixel data is truncated ({length} bytes, {expected} expected)")
@@ -1027,6 +1036,8 @@ class Importer:
         """Answer 'present' for instances already indexed; the rest, and the twins: a
         later source of this batch with the same SOP Instance UID as a fresh one, whose
         answer waits for how indexing the first one went."""
+        if not candidates:  # every source was refused: the index has nothing to say
+            return [], []
         with self.sessions() as session:
             stored = dict(
                 session.execute(

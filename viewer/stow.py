@@ -6,6 +6,9 @@ the request stream, so a STOW-RS upload gets exactly the checks, limits
 (``VIEWER_MAX_FILE_MB`` per part) and crash-safe staging of ``viewer import``.
 No part is ever held whole in memory; only its first MiB is kept, to read the
 UIDs the answer and the ``/studies/{study}`` check need before anything is stored.
+A part that is plainly not DICOM (empty, or no preamble and no SOP UIDs) is refused
+then, without an import; a request of more than ``MAX_PARTS`` parts stops there (413),
+so a body of many tiny parts cannot keep a worker busy for long.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import pydicom
 from flask import Response, abort, request
 from sqlalchemy import select
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from viewer import audit
 from viewer.access import require_principal
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 
 STORERS = ("admin", "uploader")  # the roles that may import
 HEAD_BYTES = 1 << 20
+# Parts in one request: a small part that is not DICOM still costs an import (~1-2 ms),
+# so this keeps a request of tiny parts under a second or so of a worker's time.
+MAX_PARTS = 500
 MAX_BODY_BYTES = 1 << 40  # a whole STOW-RS request (None would mean MAX_CONTENT_LENGTH)
 IDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
 
@@ -69,45 +75,65 @@ class PartSource:
     part: Part
     study_uid: str | None
     ids: dict[str, str] = field(default_factory=dict)
+    head: bytes = b""  # the bytes read by ``read_head``
+    found: bool = False  # StudyInstanceUID was read from the head
+    complete: bool = False  # the head is the whole part
+    sop_uids: bool = False  # the head has a SOP Class UID and a SOP Instance UID
 
     def _identify(self, head: bytes) -> bool:
         """Read the UIDs from the first bytes; True once StudyInstanceUID was found."""
+        self.sop_uids = False
         try:
             ds = pydicom.dcmread(io.BytesIO(head), force=True, stop_before_pixels=True,
                                  specific_tags=list(IDS))
             self.ids = {k: str(ds.get(k, "") or "")[:64] for k in IDS}
+            self.sop_uids = "SOPClassUID" in ds and "SOPInstanceUID" in ds
         except Exception:  # a head pydicom cannot parse (yet): the Importer will judge
             return False
         return bool(self.ids.get("StudyInstanceUID"))
 
-    def _check(self, found: bool, complete: bool) -> None:
+    def read_head(self) -> None:
+        """Read the part up to its StudyInstanceUID: its first MiB at most, or all of it."""
+        head = bytearray()
+        try:
+            for chunk in self.part.chunks:
+                head += chunk
+                self.found = self._identify(bytes(head))
+                if self.found or len(head) >= HEAD_BYTES:
+                    break
+            else:
+                self.complete = True
+        except MultipartError as exc:
+            raise Refused(str(exc)) from None
+        self.head = bytes(head)
+
+    def check(self) -> None:
+        """Refuse, before the Importer's staging and checks, a part that is plainly not DICOM
+        (as the Importer would: no DICM preamble and no SOP identifiers) or of another study.
+        """
+        if self.complete and not self.head:
+            raise Refused("an empty part, not a DICOM file")
+        if self.complete and self.head[128:132] != b"DICM" and not self.sop_uids:
+            raise Refused("not a DICOM file (no DICM preamble and no SOP identifiers)")
         if self.study_uid is None:
             return
-        if not found and not complete:
+        if not self.found and not self.complete:
             raise Refused("StudyInstanceUID is not within the first MiB, so it cannot be "
                           "checked against the study in the URL")
-        if found and self.ids["StudyInstanceUID"] != self.study_uid:
+        if self.found and self.ids["StudyInstanceUID"] != self.study_uid:
             raise Refused(f"StudyInstanceUID {self.ids['StudyInstanceUID']} is not the study "
                           "in the URL")
 
     def chunks(self) -> Iterator[bytes]:
-        """The part's bytes; the first MiB waits until the UIDs are known."""
-        head = bytearray()
-        checked = False
+        """The part's bytes: the head, then the rest as it arrives.
+
+        A loop, not ``yield from``: closing this generator (the Importer stopped reading,
+        over the size limit) must not close the reader's, which skips the rest of the part.
+        """
+        yield self.head
         try:
-            for chunk in self.part.chunks:
-                if checked:
-                    yield chunk
-                    continue
-                head += chunk
-                found = self._identify(bytes(head))
-                if found or len(head) >= HEAD_BYTES:
-                    self._check(found, complete=False)
-                    checked = True
-                    yield bytes(head)
-            if not checked:
-                self._check(self._identify(bytes(head)), complete=True)
-                yield bytes(head)
+            for chunk in self.part.chunks:  # noqa: UP028 - see the docstring
+                yield chunk
         except MultipartError as exc:
             raise Refused(str(exc)) from None
 
@@ -154,6 +180,11 @@ def _store_part(part: Part, number: int, study_uid: str | None) -> Result:
         return Result({}, failure=CANNOT_UNDERSTAND,
                       reason=f"a part of type {media[:80] or 'none'}, not application/dicom")
     source = PartSource(part, study_uid)
+    try:
+        source.read_head()
+        source.check()
+    except Refused as exc:
+        return Result(source.ids, failure=failure_reason(str(exc)), reason=str(exc))
     outcome = services().importer.import_batch([source.source(number)])[0]
     if outcome.status == "refused":
         return Result(source.ids, outcome, failure_reason(outcome.reason), outcome.reason)
@@ -209,8 +240,12 @@ def store(study_uid: str | None = None) -> Response:
     # Each part is limited by the Importer (VIEWER_MAX_FILE_MB); the body holds many parts.
     request.max_content_length = MAX_BODY_BYTES
     results: list[Result] = []
+    too_many = ""  # why the body was not read to its end
     try:
         for number, part in enumerate(MultipartReader(request.stream, boundary), start=1):
+            if number > MAX_PARTS:
+                too_many = f"more than {MAX_PARTS} parts in one STOW-RS request (the limit)"
+                break
             results.append(_store_part(part, number, study_uid))
     except MultipartError as exc:
         if not results:
@@ -227,14 +262,22 @@ def store(study_uid: str | None = None) -> Response:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
-    audit.record(services().sessions, "instances-stored",
-                 "success" if not failed else f"{len(failed)} of {len(results)} refused",
+    outcome = "success" if not failed else f"{len(failed)} of {len(results)} refused"
+    reasons = sorted({r.reason for r in results if r.reason})
+    if too_many:
+        outcome, reasons = too_many, [too_many, *reasons]
+    audit.record(services().sessions, "instances-stored", outcome,
                  user_pk=principal.user_pk, actor=principal.name,
                  study_uid=(study_uid or "")[:64],
                  detail={"stored": len(referenced), "failed": len(failed),
-                         "reasons": sorted({r.reason for r in results if r.reason})[:20]})
+                         "reasons": reasons[:20]})
+    if too_many:
+        raise RequestEntityTooLarge(
+            f"{too_many}: send at most {MAX_PARTS} instances per request ({len(referenced)} "
+            f"of the first {MAX_PARTS} parts stored; sending them again is harmless)"
+        )
     status = 200 if not failed else 202 if referenced else 409
     response = Response(json.dumps(body, separators=(",", ":")), status=status,
                         mimetype="application/dicom+json")
-    add_warnings(response, sorted({r.reason for r in results if r.reason})[:10])
+    add_warnings(response, reasons[:10])
     return response
