@@ -83,6 +83,7 @@ def activity() -> str:
     events = [
         {
             "at": event.at.strftime("%Y-%m-%d %H:%M") + " UTC",
+            "at_iso": event.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "who": event.actor or "someone",
             "what": ACTIVITY_WORDS.get(event.event, event.event.replace("-", " ")),
             "study": studies[event.study_uid].description or "a study"

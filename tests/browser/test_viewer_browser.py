@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -412,6 +414,26 @@ def test_on_a_phone_the_image_and_slice_bar_keep_their_place(
         expect(viewport).to_have_attribute("data-state", "ready")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"phone-{width}x{height}.png"))
+        session.assert_clean_console()
+    finally:
+        session.context.close()
+
+
+def test_the_audit_trail_shows_times_on_the_readers_clock(
+    browser: Any, signed_in: dict[str, Any], server: Server
+) -> None:
+    """Recorded in UTC; shown in the browser's time zone (Tokyo: UTC+9, no summer time)."""
+    session = open_session(browser, signed_in, **DESKTOP, timezone_id="Asia/Tokyo",
+                           locale="en-GB")
+    try:
+        page = session.page
+        page.goto(server.base + "/activity")
+        first = page.locator(".activity-table time").first
+        expect(first).to_have_attribute("title", re.compile(r" UTC$"))
+        utc = datetime.strptime(first.get_attribute("datetime") or "", "%Y-%m-%dT%H:%M:%SZ")
+        tokyo = utc + timedelta(hours=9)
+        expect(first).to_contain_text(f"{tokyo:%H:%M}")
+        expect(first).to_contain_text(f"{tokyo.day} {tokyo:%b} {tokyo.year}")
         session.assert_clean_console()
     finally:
         session.context.close()
