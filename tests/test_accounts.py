@@ -281,7 +281,8 @@ def test_who_viewed_my_images(app: Flask, services: Services, two_patients: dict
     assert bob_client.get(f"/api/studies/{alice['study']}").status_code == 404
     page = alice_client.get("/activity").get_data(as_text=True)
     assert "Who viewed my images" in page
-    assert re.search(r"<td>alice.*?</td>\s*<td>opened</td>", page, re.S)
+    assert re.search(r"<td>alice.*?</td>\s*<td>opened<span class=\"activity-inline-study\"> · "
+                     r"[^<]+</span></td>", page, re.S)
     assert re.search(r"<td>bob.*?</td>\s*<td>opened <span[^>]*>\(refused", page, re.S)
     others = bob_client.get("/activity").get_data(as_text=True)
     assert "alice" not in others

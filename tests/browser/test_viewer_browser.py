@@ -419,7 +419,7 @@ def test_on_a_phone_the_image_and_slice_bar_keep_their_place(
         session.context.close()
 
 
-def test_the_audit_trail_shows_times_on_the_readers_clock(
+def test_the_audit_trail_on_the_readers_clock_and_on_a_phone(
     browser: Any, signed_in: dict[str, Any], server: Server
 ) -> None:
     """Recorded in UTC; shown in the browser's time zone (Tokyo: UTC+9, no summer time)."""
@@ -427,6 +427,7 @@ def test_the_audit_trail_shows_times_on_the_readers_clock(
                            locale="en-GB")
     try:
         page = session.page
+        open_study(page, server, "MRI Brain")
         page.goto(server.base + "/activity")
         first = page.locator(".activity-table time").first
         expect(first).to_have_attribute("title", re.compile(r" UTC$"))
@@ -434,6 +435,14 @@ def test_the_audit_trail_shows_times_on_the_readers_clock(
         tokyo = utc + timedelta(hours=9)
         expect(first).to_contain_text(f"{tokyo:%H:%M}")
         expect(first).to_contain_text(f"{tokyo.day} {tokyo:%b} {tokyo.year}")
+        # On a phone the Study column goes, and each event names its study inline.
+        opened = page.locator("tr", has_text="MRI Brain without contrast").first
+        expect(opened.locator(".activity-inline-study")).to_be_hidden()
+        page.set_viewport_size({"width": 360, "height": 740})
+        expect(opened.locator("td").nth(3)).to_be_hidden()
+        expect(opened.locator(".activity-inline-study")).to_have_text(
+            " · MRI Brain without contrast")
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
         session.assert_clean_console()
     finally:
         session.context.close()
