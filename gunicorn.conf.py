@@ -101,7 +101,9 @@ import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
+from gunicorn.http.errors import ParseException  # noqa: E402
 from gunicorn.workers.gthread import TConn, ThreadWorker  # noqa: E402
+from werkzeug.exceptions import BadRequest  # noqa: E402
 
 
 def _readable_within(sock: socket.socket, milliseconds: int) -> bool:
@@ -137,14 +139,14 @@ class ClientSocket(socket.socket):
         return super().recv(size, flags)
 
 
-# gunicorn reads at most this much of a request body the app left unread before it gives
+# gunicorn reads less than this much of a request body the app left unread before it gives
 # up and closes the connection (gunicorn.http.parser._DRAIN_MAX_BYTES).
 DRAIN_MAX_BYTES = 64 * 1024
 
 
 def close_after_unread_bodies(app):  # type: ignore[no-untyped-def]
     """``app``, except that an error answer to a request with more body than gunicorn
-    drains says ``Connection: close``.
+    drains says ``Connection: close`` (and a chunked body is read through ``ChunkedBody``).
 
     An app refusing a request (401, 413, 415…) does not read its body; gunicorn then
     closes the connection after the answer, which it had sent with "Connection:
@@ -152,6 +154,9 @@ def close_after_unread_bodies(app):  # type: ignore[no-untyped-def]
     """
 
     def closing(environ, start_response):  # type: ignore[no-untyped-def]
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            environ["wsgi.input"] = ChunkedBody(environ["wsgi.input"])
+
         def start(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
             if int(status[:3]) >= 400 and _body_beyond_drain(environ):
                 start_response.__self__.force_close()  # gunicorn's Response
@@ -162,11 +167,46 @@ def close_after_unread_bodies(app):  # type: ignore[no-untyped-def]
     return closing
 
 
+class ChunkedBody:
+    """A chunked request body whose malformed chunks are the client's error (400).
+
+    gunicorn raises its own ParseException from ``read`` when a chunk size or terminator
+    is malformed; reaching the app, that was an unexpected error: a 500 and a traceback.
+    """
+
+    def __init__(self, body) -> None:  # type: ignore[no-untyped-def]
+        self._body = body
+
+    def _call(self, method, *args):  # type: ignore[no-untyped-def]
+        try:
+            return method(*args)
+        except ParseException as exc:
+            raise BadRequest(f"the request's chunked body is malformed ({exc})") from None
+
+    def read(self, *args):  # type: ignore[no-untyped-def]
+        return self._call(self._body.read, *args)
+
+    def readline(self, *args):  # type: ignore[no-untyped-def]
+        return self._call(self._body.readline, *args)
+
+    def readlines(self, *args):  # type: ignore[no-untyped-def]
+        return self._call(self._body.readlines, *args)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __next__(self):  # type: ignore[no-untyped-def]
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
 def _body_beyond_drain(environ) -> bool:  # type: ignore[no-untyped-def]
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return True
     length = environ.get("CONTENT_LENGTH", "")
-    return length.isdigit() and int(length) > DRAIN_MAX_BYTES
+    return length.isdigit() and int(length) >= DRAIN_MAX_BYTES  # gunicorn stops at the limit
 
 
 class LingeringThreadWorker(ThreadWorker):

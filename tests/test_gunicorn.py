@@ -166,7 +166,7 @@ def test_an_error_answer_to_a_body_left_unread_says_whether_the_connection_stays
     """Refused without reading its body (401 here), a request with more body than
     gunicorn drains gets "Connection: close" (gunicorn then closes it); with a small one
     the connection stays and the next request on it is answered."""
-    for size, stays in ((1_000, True), (200_000, False)):
+    for size, stays in ((1_000, True), (65_535, True), (65_536, False), (200_000, False)):
         with socket.create_connection(address(server), timeout=30) as sock:
             sock.sendall(b"POST /dicom-web/studies HTTP/1.1\r\nHost: test\r\n"
                          b"Content-Type: application/dicom\r\n"
@@ -176,6 +176,24 @@ def test_an_error_answer_to_a_body_left_unread_says_whether_the_connection_stays
         assert head.startswith(b"http/1.1 401 ")
         assert (b"connection: keep-alive" if stays else b"connection: close") in head
         assert (answers.count(BODY) == 1) is stays
+
+
+def test_a_malformed_chunked_body_is_a_400_not_a_500(server: LiveServer) -> None:
+    """gunicorn raises its own errors for a bad chunk size or terminator as the app reads
+    the body; they are the client's error."""
+    for chunks in (b"zz\r\nabc\r\n0\r\n\r\n", b"-5\r\nabcde\r\n0\r\n\r\n",
+                   b"3\r\nabcXY0\r\n\r\n"):
+        with socket.create_connection(address(server), timeout=30) as sock:
+            sock.sendall(b"POST /api/session HTTP/1.1\r\nHost: test\r\n"
+                         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                         b"\r\n" + chunks)
+            answer = read_to_end(sock)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), answer[:300]
+        assert b"connection: close" in head.lower()
+        assert b"chunked body is malformed" in body
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log and "unhandled error" not in log
 
 
 def test_a_worker_freezes_what_it_has_loaded() -> None:
