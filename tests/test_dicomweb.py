@@ -6,6 +6,8 @@ import io
 import logging
 import re
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import select
 
 from viewer import Services, create_app, multipart
+from viewer import stow as stow_module
 from viewer.access import create_token
 from viewer.config import load_config
 from viewer.db import Instance, Portal
@@ -30,6 +33,7 @@ from .dicomfactory import encode, make_dataset
 from .test_accounts import add_study, audit_rows, make_patient, sign_in
 from .test_embed import launch, token_of, trade
 from .test_malformed import (
+    deflated,
     ge_slice_with_short_pixels,
     transfer_syntax_uid,
     truncated_in_meta,
@@ -519,6 +523,24 @@ def test_stow_refuses_a_deflated_file_with_truncated_pixel_data(
     with services.sessions() as db:
         assert db.scalars(select(Instance.sop_uid)).all() == []
     assert [p for p in services.store.root.rglob("*") if p.is_file()] == []
+
+
+def test_stow_reads_a_deflated_parts_uids_from_a_bounded_inflate(
+        client: FlaskClient, auth: dict[str, str], corpus: Path) -> None:
+    """The UIDs of a deflated part come from at most a MiB of its inflated data set: pydicom
+    inflates a data set whole, and a deflate bomb's few MB became gigabytes. A sound
+    deflated file still has its StudyInstanceUID checked against the URL's and is stored."""
+    data = ge_slice_with_short_pixels(corpus, DeflatedExplicitVRLittleEndian)
+    meta_end = 144 + struct.unpack("<I", data[140:144])[0]
+    zeros = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    bomb = data[:meta_end] + zeros.compress(bytes(64 << 20)) + zeros.flush()  # 64 MiB inflated
+    assert len(stow_module._data_set_head(bomb)) == stow_module.HEAD_BYTES
+    sound = deflated(encode(make_dataset()))
+    study = pydicom.dcmread(io.BytesIO(sound)).StudyInstanceUID
+    stored = stow(client, auth, [sound], url=f"/studies/{study}")
+    assert stored.status_code == 200, stored.get_data(as_text=True)
+    other = stow(client, auth, [deflated(encode(make_dataset()))], url=f"/studies/{study}")
+    assert other.status_code == 409 and "is not the study in the URL" in other.headers["Warning"]
 
 
 def test_stow_refuses_empty_and_non_dicom_parts_without_importing_them(

@@ -17,12 +17,15 @@ import io
 import json
 import logging
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
 from flask import Response, abort, request
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
@@ -68,6 +71,24 @@ def failure_reason(reason: str) -> int:
     return CANNOT_UNDERSTAND
 
 
+_DEFLATED = DeflatedExplicitVRLittleEndian.encode()
+
+
+def _data_set_head(head: bytes) -> bytes:
+    """The first bytes of a part as pydicom should read them for its UIDs: a deflated data
+    set inflated, HEAD_BYTES of it at most. pydicom inflates a deflated data set whole, in
+    memory: a megabyte of a deflate bomb became gigabytes, and did again for each chunk."""
+    if head[128:132] != b"DICM" or len(head) < 144:
+        return head
+    meta_end = 144 + struct.unpack("<I", head[140:144])[0]
+    if _DEFLATED not in head[132:meta_end]:
+        return head
+    try:
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(head[meta_end:], HEAD_BYTES)
+    except zlib.error:
+        return b""  # the Importer says why
+
+
 @dataclass
 class PartSource:
     """One part as an import ``Source``: its chunks, checked against the study in the URL."""
@@ -84,8 +105,8 @@ class PartSource:
         """Read the UIDs from the first bytes; True once StudyInstanceUID was found."""
         self.sop_uids = False
         try:
-            ds = pydicom.dcmread(io.BytesIO(head), force=True, stop_before_pixels=True,
-                                 specific_tags=list(IDS))
+            ds = pydicom.dcmread(io.BytesIO(_data_set_head(head)), force=True,
+                                 stop_before_pixels=True, specific_tags=list(IDS))
             self.ids = {k: str(ds.get(k, "") or "")[:64] for k in IDS}
             self.sop_uids = "SOPClassUID" in ds and "SOPInstanceUID" in ds
         except Exception:  # a head pydicom cannot parse (yet): the Importer will judge
