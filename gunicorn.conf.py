@@ -96,8 +96,10 @@ KEEPALIVE_LINGER_MS = 2
 CLIENT_IDLE_S = 15.0
 REQUEST_HEAD_S = 10.0
 
+import errno  # noqa: E402
 import select  # noqa: E402
 import socket  # noqa: E402
+import struct  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -113,21 +115,52 @@ def _readable_within(sock: socket.socket, milliseconds: int) -> bool:
     return bool(poller.poll(milliseconds))
 
 
+def _gone() -> BrokenPipeError:
+    """What a client that stopped reading is to gunicorn: a closed connection (logged at
+    debug level, not as an error with a traceback)."""
+    return BrokenPipeError(errno.EPIPE, f"the client read nothing for {CLIENT_IDLE_S:g} s")
+
+
 class ClientSocket(socket.socket):
-    """A client connection whose reads give up on a client that has stopped sending.
+    """A client connection that gives up on a client that has stopped sending, or reading.
 
     gunicorn reads requests with ``recv`` on a blocking socket and no time limit. Here a
     read that would wait longer than CLIENT_IDLE_S (or past ``head_deadline``, while the
     request line and headers come in) ends the connection's reading instead, as if the
     client had closed it: gunicorn and Werkzeug already handle that (the connection
-    closes; a request body cut short is a 400).
+    closes; a request body cut short is a 400). Writing an answer, a send that takes no
+    byte within CLIENT_IDLE_S ends the connection as if the client had closed it
+    (``sendall``, ``sendfile``).
     """
 
     head_deadline: float | None = None
 
     @classmethod
     def adopt(cls, sock: socket.socket) -> "ClientSocket":
-        return cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        adopted = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        # A send waits CLIENT_IDLE_S at most (the one that fills the buffers returns with part
+        # of its bytes sent, the next with none: EAGAIN), so a client that stops reading an
+        # answer (a phone gone out of range) holds its thread for 15-45 s, not for good.
+        seconds = int(CLIENT_IDLE_S)
+        adopted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                           struct.pack("ll", seconds, int((CLIENT_IDLE_S - seconds) * 1e6)))
+        return adopted
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        try:
+            super().sendall(data, flags)
+        except BlockingIOError:  # SO_SNDTIMEO: the client stopped reading
+            raise _gone() from None
+
+    def sendfile(self, file, offset: int = 0, count: int | None = None) -> int:  # type: ignore[no-untyped-def]
+        # Python's sendfile waits without a limit on a socket without a timeout.
+        self.settimeout(CLIENT_IDLE_S)
+        try:
+            return super().sendfile(file, offset, count)
+        except TimeoutError:
+            raise _gone() from None
+        finally:
+            self.settimeout(None)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if self.gettimeout() is None:  # gunicorn's own bounded reads set a timeout

@@ -196,6 +196,37 @@ def test_a_malformed_chunked_body_is_a_400_not_a_500(server: LiveServer) -> None
     assert "Traceback" not in log and "unhandled error" not in log
 
 
+def test_a_client_that_stops_reading_does_not_keep_the_thread(
+    tmp_path: Path, corpus: Path
+) -> None:
+    """One worker, one thread: a client asks for a 130-file series (17 MB) and reads none
+    of it. Once its sends have made no progress for CLIENT_IDLE_S, the thread lets it go and
+    answers the next client; the log says nothing alarming."""
+    idle_s = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["CLIENT_IDLE_S"]
+    ge = corpus / "ge-t1-mprage"
+    first = pydicom.dcmread(next(p for p in sorted(ge.iterdir()) if p.name != "LICENSE"),
+                            stop_before_pixels=True)
+    with live_server(tmp_path / "data", [ge], VIEWER_WORKERS="1", VIEWER_THREADS="1") as live:
+        series = (f"/dicom-web/studies/{first.StudyInstanceUID}/series/"
+                  f"{first.SeriesInstanceUID}")
+        with socket.socket() as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.connect(address(live))
+            stalled.sendall(f"GET {series} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer "
+                            f"{live.token()}\r\nAccept: multipart/related; "
+                            'type="application/dicom"; transfer-syntax=*\r\n\r\n'.encode())
+            time.sleep(1)  # the only thread is writing to it now
+            started = time.monotonic()
+            with urllib.request.urlopen(live.base + ASSET, timeout=60) as answer:
+                assert answer.status == 200
+            waited = time.monotonic() - started
+        # SO_SNDTIMEO bounds each send: the one that filled the buffers returns after
+        # CLIENT_IDLE_S with part of a chunk sent, the next ends with nothing sent.
+        assert idle_s - 2 < waited < 4 * idle_s, waited
+        log = live.log.read_text(errors="replace")
+        assert "Traceback" not in log and "Error handling request" not in log, log
+
+
 def test_a_worker_freezes_what_it_has_loaded() -> None:
     """gunicorn calls ``post_worker_init`` once the app is loaded; it takes the objects
     loaded so far out of the cyclic collector's sight (``gc.freeze``)."""
