@@ -187,11 +187,12 @@ def close_after_unread_bodies(app):  # type: ignore[no-untyped-def]
     """
 
     def closing(environ, start_response):  # type: ignore[no-untyped-def]
-        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked:
             environ["wsgi.input"] = ChunkedBody(environ["wsgi.input"])
 
         def start(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
-            if int(status[:3]) >= 400 and _body_beyond_drain(environ):
+            if int(status[:3]) >= 400 and (chunked or _long_body(environ)):
                 start_response.__self__.force_close()  # gunicorn's Response
             return start_response(status, headers, exc_info)
 
@@ -235,9 +236,7 @@ class ChunkedBody:
         return line
 
 
-def _body_beyond_drain(environ) -> bool:  # type: ignore[no-untyped-def]
-    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        return True
+def _long_body(environ) -> bool:  # type: ignore[no-untyped-def]
     length = environ.get("CONTENT_LENGTH", "")
     return length.isdigit() and int(length) >= DRAIN_MAX_BYTES  # gunicorn stops at the limit
 

@@ -266,12 +266,18 @@ def _dcmread(source: Path | BytesIO, force: bool) -> Dataset:
         raise Refused(f"not a readable DICOM file ({_short(exc)})") from None
 
 
-def _meta_fits(head: bytes) -> bool:
-    """Whether ``head`` holds the whole file meta group (by its group length, 0002,0000)."""
+def meta_end(head: bytes) -> int | None:
+    """Where the file meta group of a Part 10 file starting with ``head`` ends (by its group
+    length, 0002,0000); None when ``head`` does not start like one."""
     if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
-        return False
-    length = struct.unpack("<I", head[140:144])[0]
-    return 144 + length <= len(head)
+        return None
+    return 144 + struct.unpack("<I", head[140:144])[0]
+
+
+def _meta_fits(head: bytes) -> bool:
+    """Whether ``head`` holds the whole file meta group."""
+    end = meta_end(head)
+    return end is not None and end <= len(head)
 
 
 def _check_deflated(path: Path, limit: int) -> int | None:

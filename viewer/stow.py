@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import re
-import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from viewer import audit
 from viewer.access import require_principal
 from viewer.db import Instance, Series, Study
 from viewer.dicomjson import add_warnings, attr, base_url, instance_url, services
-from viewer.ingest import Outcome, Refused, Source
+from viewer.ingest import Outcome, Refused, Source, meta_end
 from viewer.multipart import MultipartError, MultipartReader, Part
 from viewer.negotiation import parse_media_type
 
@@ -78,13 +77,11 @@ def _data_set_head(head: bytes) -> bytes:
     """The first bytes of a part as pydicom should read them for its UIDs: a deflated data
     set inflated, HEAD_BYTES of it at most. pydicom inflates a deflated data set whole, in
     memory: a megabyte of a deflate bomb became gigabytes, and did again for each chunk."""
-    if head[128:132] != b"DICM" or len(head) < 144:
-        return head
-    meta_end = 144 + struct.unpack("<I", head[140:144])[0]
-    if _DEFLATED not in head[132:meta_end]:
+    end = meta_end(head)
+    if end is None or _DEFLATED not in head[132:end]:
         return head
     try:
-        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(head[meta_end:], HEAD_BYTES)
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(head[end:], HEAD_BYTES)
     except zlib.error:
         return b""  # the Importer says why
 
