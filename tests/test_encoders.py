@@ -18,7 +18,17 @@ import simplejpeg
 from PIL import Image
 
 from viewer import jpeg, parallel, png
-from viewer.render import decode_frame, to_display
+from viewer.render import (
+    DecodedFrame,
+    Viewport,
+    VoiLut,
+    Window,
+    apply_viewport,
+    decode_frame,
+    display_image,
+    encode,
+    to_display,
+)
 
 
 def _smooth_noisy(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -127,3 +137,61 @@ def test_bands_whose_headers_differ_are_not_joined() -> None:
     top, bottom = jpeg._encode_whole(image[:256], 90), jpeg._encode_whole(image[256:], 50)
     assert jpeg._join(top, bottom, 512, 64 * 32) is None
     assert jpeg._join(top, jpeg._encode_whole(image[256:], 90), 512, 64 * 32) is not None
+
+
+def _large_frames(corpus: Path) -> dict[str, DecodedFrame]:
+    """Grey frames of 128 Ki pixels or more (banded) under each kind of VOI."""
+    mr = decode_frame(pydicom.dcmread(corpus / "siemens-transfer-syntaxes" / "1.dcm"))
+    values = mr.pixels
+    table = np.linspace(0, 4095, 512, dtype=np.float32)
+    return {
+        "header window": mr,
+        "MONOCHROME1": DecodedFrame(values, color=False, invert=True,
+                                    header_window=mr.header_window),
+        "VOI LUT": DecodedFrame(values, color=False, voi_lut=VoiLut(20, table, 12)),
+        "auto window": DecodedFrame(values.copy(), color=False),
+    }
+
+
+@pytest.mark.parametrize("media_type", ["image/png", "image/jpeg"])
+@pytest.mark.parametrize("window", [None, Window(300, 500), Window(300, 500, "sigmoid"),
+                                    Window(300, 1, "linear")])
+def test_windowing_in_the_bands_gives_the_same_bytes(
+    corpus: Path, media_type: str, window: Window | None
+) -> None:
+    """The VOI applied band by band on two threads encodes exactly the image windowed whole
+    (the ETag, made from the request, promises the same bytes either way)."""
+    for name, frame in _large_frames(corpus).items():
+        lazy = display_image(frame, window, Viewport(frame.pixels.shape[1], frame.pixels.shape[0]))
+        assert isinstance(lazy, parallel.BandImage), name
+        assert encode(lazy, media_type) == encode(to_display(frame, window), media_type), name
+
+
+def test_the_encoders_make_each_bands_rows_in_that_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = _smooth_noisy((512, 512), 8)
+    asked: list[tuple[int, int]] = []
+
+    def make(start: int, stop: int) -> np.ndarray:
+        asked.append((start, stop))
+        return image[start:stop]
+
+    monkeypatch.setattr(parallel, "BANDS", 2)
+    assert png.encode_png(parallel.BandImage(image.shape, make)) == png.encode_png(image)
+    assert sorted(asked) == [(0, 256), (255, 512)]  # the second also needs the row above it
+    asked.clear()
+    assert jpeg.encode_jpeg(parallel.BandImage(image.shape, make), 90) == jpeg.encode_jpeg(
+        image, 90)
+    assert sorted(asked) == [(0, 256), (256, 512)]
+
+
+def test_a_viewport_that_changes_the_image_is_applied_first(corpus: Path) -> None:
+    frame = _large_frames(corpus)["header window"]
+    rows, columns = frame.pixels.shape
+    flipped = Viewport(columns, rows, (columns, 0, -columns, rows))
+    region = Viewport(64, 64, (10, 10, 64, 64))
+    for viewport in (Viewport(columns // 2, rows // 2), flipped, region):
+        image = display_image(frame, None, viewport)
+        assert isinstance(image, np.ndarray)
+        assert np.array_equal(image, apply_viewport(to_display(frame), viewport))
+    colour = DecodedFrame(np.zeros((400, 400, 3), np.uint8), color=True)
+    assert display_image(colour) is colour.pixels

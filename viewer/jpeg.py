@@ -8,7 +8,7 @@ separately with the same standard tables, joins into one valid JPEG: the first
 band's entropy-coded data, RST0, the second band's, under a DRI whose interval
 is the first band's block count. Every block is coded exactly as in the whole
 image, so the pixels decode the same. ``viewer.parallel`` encodes the bands on
-two cores.
+two cores (given a ``BandImage``, each band's thread makes its own rows first).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import struct
 import numpy as np
 import simplejpeg
 
-from viewer.parallel import bands_for, map_bands
+from viewer.parallel import BandImage, bands_for, map_bands
 
 _BLOCK = 8
 _SOF0, _SOS = 0xC0, 0xDA
@@ -78,16 +78,20 @@ def _join(top: bytes, bottom: bytes, height: int, interval: int) -> bytes | None
     )
 
 
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    """Encode a uint8 array (H x W grey, or H x W x 3 RGB) as a baseline JPEG."""
-    height, width = image.shape[:2]
+def encode_jpeg(image: np.ndarray | BandImage, quality: int) -> bytes:
+    """Encode uint8 pixels (H x W grey, or H x W x 3 RGB) as a baseline JPEG."""
+    source = BandImage.of(image)
+    height, width = source.shape[:2]
     block_rows = -(-height // _BLOCK)
     top_rows = -(-block_rows // 2)
     interval = -(-width // _BLOCK) * top_rows
     if bands_for(height * width) == 1 or block_rows < 2 or interval > _MAX_INTERVAL:
-        return _encode_whole(image, quality)
+        return _encode_whole(source.whole(), quality)
     split = top_rows * _BLOCK
     top, bottom = map_bands(
-        lambda band: _encode_whole(image[:split] if band == 0 else image[split:], quality), 2
+        lambda band: _encode_whole(
+            source.rows(0, split) if band == 0 else source.rows(split, height), quality
+        ),
+        2,
     )
-    return _join(top, bottom, height, interval) or _encode_whole(image, quality)
+    return _join(top, bottom, height, interval) or _encode_whole(source.whole(), quality)

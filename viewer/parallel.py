@@ -13,6 +13,10 @@ runnable threads than we have cores, the request's own thread included
 thread is free takes the next one, so when the helper is late the request's
 thread takes both and never waits on it. Either way the bytes are the same, as
 the ETag (made from the request) promises.
+
+An encoder can be handed a ``BandImage`` instead of an array: an image whose rows
+are made on demand. Each band's thread then makes its own band's rows first (the
+VOI window over them, ~0.2 ms of a 512x512 slice), so that step is shared too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import queue
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -43,6 +49,28 @@ _MIN_SIZE = 128 * 1024  # a smaller image is encoded whole in well under 1 ms
 def bands_for(size: int) -> int:
     """How many bands to cut an image of ``size`` bytes (PNG rows) or pixels (JPEG) into."""
     return BANDS if size >= _MIN_SIZE else 1
+
+
+class BandImage:
+    """An 8-bit image (H x W grey or H x W x 3) whose rows ``make(start, stop)`` gives on
+    demand; ``make`` must be safe to call from two threads at once."""
+
+    def __init__(self, shape: tuple[int, ...], make: Callable[[int, int], np.ndarray]) -> None:
+        self.shape = shape
+        self._make = make
+
+    @classmethod
+    def of(cls, image: np.ndarray | BandImage) -> BandImage:
+        """``image`` as a BandImage (an array's rows are views of it)."""
+        if isinstance(image, BandImage):
+            return image
+        return cls(image.shape, lambda start, stop: image[start:stop])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self._make(start, stop)
+
+    def whole(self) -> np.ndarray:
+        return self._make(0, self.shape[0])
 
 
 def a_core_is_idle() -> bool:

@@ -22,6 +22,7 @@ from pydicom.uid import UID
 
 from viewer.headers import codestream_size, frame_header, number_of_frames
 from viewer.jpeg import encode_jpeg
+from viewer.parallel import BandImage
 from viewer.png import encode_png
 
 WINDOW_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
@@ -292,17 +293,26 @@ def apply_voi_lut(values: np.ndarray, lut: VoiLut) -> np.ndarray:
     return scaled.clip(0, 255).astype(np.uint8)
 
 
+def _voi(frame: DecodedFrame, window: Window | None) -> Window | VoiLut:
+    """The VOI transform a grey frame is shown with: ``window``, else the header's VOI LUT,
+    else the header's (or the image's own) window."""
+    if window is None and frame.voi_lut is not None:
+        return frame.voi_lut
+    return window or default_window(frame)
+
+
+def _display_rows(values: np.ndarray, voi: Window | VoiLut, invert: bool) -> np.ndarray:
+    image = apply_voi_lut(values, voi) if isinstance(voi, VoiLut) else apply_window(values, voi)
+    if invert:
+        np.subtract(255, image, out=image)
+    return image
+
+
 def to_display(frame: DecodedFrame, window: Window | None = None) -> np.ndarray:
     """The 8-bit image a person sees: VOI then presentation (MONOCHROME1 inverted)."""
     if frame.color:
         return frame.pixels
-    if window is None and frame.voi_lut is not None:
-        image = apply_voi_lut(frame.pixels, frame.voi_lut)
-    else:
-        image = apply_window(frame.pixels, window or default_window(frame))
-    if frame.invert:
-        np.subtract(255, image, out=image)
-    return image
+    return _display_rows(frame.pixels, _voi(frame, window), frame.invert)
 
 
 def region_box(
@@ -323,11 +333,11 @@ def region_box(
     return (x0, y0, x1, y1), flip_x, flip_y
 
 
-def apply_viewport(image: np.ndarray, viewport: Viewport | None) -> np.ndarray:
-    """Crop to the source region, then scale to fit the viewport, keeping the aspect ratio."""
-    if viewport is None:
-        return image
-    box, flip_x, flip_y = region_box(image.shape, viewport.region)
+def _viewport_plan(
+    shape: tuple[int, ...], viewport: Viewport
+) -> tuple[tuple[float, float, float, float], tuple[int, int], bool, bool]:
+    """(source box, output size, flip x, flip y) of ``viewport`` on an image of ``shape``."""
+    box, flip_x, flip_y = region_box(shape, viewport.region)
     box_w, box_h = box[2] - box[0], box[3] - box[1]
     # Fit by cross-multiplying: a region a fraction of a pixel wide must not make an
     # infinite scale.
@@ -335,8 +345,28 @@ def apply_viewport(image: np.ndarray, viewport: Viewport | None) -> np.ndarray:
         size = (viewport.width, max(1, round(viewport.width * box_h / box_w)))
     else:
         size = (max(1, round(viewport.height * box_w / box_h)), viewport.height)
-    full = box == (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
-    if not (full and size == (image.shape[1], image.shape[0])):
+    return box, size, flip_x, flip_y
+
+
+def _resizes(shape: tuple[int, ...], box: tuple[float, float, float, float],
+             size: tuple[int, int]) -> bool:
+    return box != (0.0, 0.0, float(shape[1]), float(shape[0])) or size != (shape[1], shape[0])
+
+
+def _keeps_image(shape: tuple[int, ...], viewport: Viewport | None) -> bool:
+    """Whether ``viewport`` asks for the whole image at its own size, as it is."""
+    if viewport is None:
+        return True
+    box, size, flip_x, flip_y = _viewport_plan(shape, viewport)
+    return not (_resizes(shape, box, size) or flip_x or flip_y)
+
+
+def apply_viewport(image: np.ndarray, viewport: Viewport | None) -> np.ndarray:
+    """Crop to the source region, then scale to fit the viewport, keeping the aspect ratio."""
+    if viewport is None:
+        return image
+    box, size, flip_x, flip_y = _viewport_plan(image.shape, viewport)
+    if _resizes(image.shape, box, size):
         resized = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, box=box)
         image = np.asarray(resized)
     if flip_x:
@@ -344,6 +374,22 @@ def apply_viewport(image: np.ndarray, viewport: Viewport | None) -> np.ndarray:
     if flip_y:
         image = image[::-1]
     return np.ascontiguousarray(image)
+
+
+def display_image(
+    frame: DecodedFrame, window: Window | None = None, viewport: Viewport | None = None
+) -> np.ndarray | BandImage:
+    """``apply_viewport(to_display(frame, window), viewport)``, to be encoded.
+
+    When that is the grey frame at its own size (the viewer asks for most slices
+    so), the VOI is left to the encoder, which applies it band by band on two
+    cores; the bytes encoded are the same.
+    """
+    if frame.color or not _keeps_image(frame.pixels.shape, viewport):
+        return apply_viewport(to_display(frame, window), viewport)
+    values, voi, invert = frame.pixels, _voi(frame, window), frame.invert
+    return BandImage(values.shape, lambda start, stop: _display_rows(values[start:stop], voi,
+                                                                      invert))
 
 
 def burn_in(image: np.ndarray, lines_top: list[str], lines_bottom: list[str]) -> np.ndarray:
@@ -364,7 +410,7 @@ def burn_in(image: np.ndarray, lines_top: list[str], lines_bottom: list[str]) ->
     return np.asarray(picture)
 
 
-def encode(image: np.ndarray, media_type: str, quality: int | None = None) -> bytes:
+def encode(image: np.ndarray | BandImage, media_type: str, quality: int | None = None) -> bytes:
     """Encode an 8-bit grey or RGB image as PNG, JPEG or GIF."""
     if media_type == "image/png":
         return encode_png(image)
@@ -372,7 +418,7 @@ def encode(image: np.ndarray, media_type: str, quality: int | None = None) -> by
         return encode_jpeg(image, quality or 90)
     if media_type == "image/gif":
         buffer = BytesIO()
-        Image.fromarray(image).save(buffer, format="GIF")
+        Image.fromarray(BandImage.of(image).whole()).save(buffer, format="GIF")
         return buffer.getvalue()
     raise RenderError(f"cannot encode {media_type}")
 
@@ -385,4 +431,4 @@ def render(
     quality: int | None = None,
 ) -> bytes:
     """The whole pipeline for one decoded frame."""
-    return encode(apply_viewport(to_display(frame, window), viewport), media_type, quality)
+    return encode(display_image(frame, window, viewport), media_type, quality)
