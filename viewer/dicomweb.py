@@ -30,14 +30,8 @@ from viewer.access import (
 )
 from viewer.db import Instance, Series, Study
 from viewer.dicomjson import services as _services
-from viewer.render import (
-    RenderError,
-    apply_viewport,
-    burn_in,
-    display_image,
-    encode,
-    to_display,
-)
+from viewer.parallel import BandImage
+from viewer.render import RenderError, burn_in, display_image, encode
 from viewer.series import representative, series_stacks, study_series
 from viewer.wado import parse_frames as _parse_frames
 
@@ -81,13 +75,12 @@ bp.add_url_rule(STUDY, "store_study", stow.store, methods=["POST"])
 def _image(file_hash: str, number: int, params: rendered_params.RenderParams,
            labels: dict[str, list[str]]) -> bytes:
     frame = _services().frames.load(file_hash, number)
-    if not params.annotations:
-        return encode(display_image(frame, params.window, params.viewport), params.media_type,
-                      params.quality)
-    image = apply_viewport(to_display(frame, params.window), params.viewport)
-    top = labels["patient"] if "patient" in params.annotations else []
-    bottom = labels["technique"] if "technique" in params.annotations else []
-    return encode(burn_in(image, top, bottom), params.media_type, params.quality)
+    image = display_image(frame, params.window, params.viewport)
+    if params.annotations:
+        top = labels["patient"] if "patient" in params.annotations else []
+        bottom = labels["technique"] if "technique" in params.annotations else []
+        image = burn_in(BandImage.of(image).whole(), top, bottom)
+    return encode(image, params.media_type, params.quality)
 
 
 def _labels(instance: Instance | None, series: Series, study: Study,
