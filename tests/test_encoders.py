@@ -177,7 +177,8 @@ def test_the_encoders_make_each_bands_rows_in_that_band(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(parallel, "BANDS", 2)
     assert png.encode_png(parallel.BandImage(image.shape, make)) == png.encode_png(image)
-    assert sorted(asked) == [(0, 256), (255, 512)]  # the second also needs the row above it
+    # The last band, deflated faster, has 1.5x the rows; it also needs the row above it.
+    assert sorted(asked) == [(0, 205), (204, 512)]
     asked.clear()
     assert jpeg.encode_jpeg(parallel.BandImage(image.shape, make), 90) == jpeg.encode_jpeg(
         image, 90)
