@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from viewer import create_app
+from viewer import create_app, rendered_params
 from viewer.access import create_login_link, create_token
 from viewer.config import load_config
 
@@ -153,6 +153,38 @@ def test_bad_rendered_parameters_are_400_with_reason(
     response = client.get(f"{url}?{query}", headers=auth)
     assert response.status_code in (400, 422)
     assert reason in response.get_json()["error"]
+
+
+def test_rendered_parameters_are_parsed_once_per_query_and_accept(
+    client: FlaskClient, auth, ge  # type: ignore[no-untyped-def]
+) -> None:
+    """Scrolling asks with the same parameters slice after slice: parsed once, remembered
+    by query string and Accept header; a refusal is not remembered."""
+    slices = series_json(client, auth, ge)["stacks"][0]["slices"]
+    rendered_params.parse_request.cache_clear()
+    png = {**auth, "Accept": "image/png"}
+    for slice_ in slices[:3]:
+        assert client.get(slice_["url"] + "?window=600,1200", headers=png).mimetype == "image/png"
+    assert client.get(slices[3]["url"] + "?window=600,1200", headers=auth).mimetype == "image/jpeg"
+    info = rendered_params.parse_request.cache_info()
+    assert (info.misses, info.hits) == (2, 2)
+    for _ in range(2):
+        refused = client.get(slices[0]["url"] + "?window=abc,1", headers=png)
+        assert refused.status_code == 400 and "not a number" in refused.get_json()["error"]
+    assert rendered_params.parse_request.cache_info().currsize == 2
+
+
+def test_remembered_parameters_are_those_parse_gives() -> None:
+    from werkzeug.datastructures import MIMEAccept, MultiDict
+
+    query = b"window=600%2C1200%2Csigmoid&viewport=64,64,1,2,30,-40&charset=UTF-8"
+    remembered = rendered_params.parse_request(query, "image/png, image/*;q=0.5", True)
+    assert remembered == rendered_params.parse(
+        MultiDict([("window", "600,1200,sigmoid"), ("viewport", "64,64,1,2,30,-40"),
+                   ("charset", "UTF-8")]),
+        MIMEAccept([("image/png", 1), ("image/*", 0.5)]), True)
+    assert remembered.media_type == "image/png" and remembered.warnings == ("charset ignored",)
+    assert rendered_params.parse_request(query, "image/png, image/*;q=0.5", True) is remembered
 
 
 def test_accept_header_negotiation(client: FlaskClient, auth, ge) -> None:  # type: ignore[no-untyped-def]

@@ -157,7 +157,8 @@ def _multipart(items: list[tuple[str, int]], params: rendered_params.RenderParam
 
 
 def _params(thumbnail: bool = False) -> rendered_params.RenderParams:
-    return rendered_params.parse(request.args, request.accept_mimetypes, thumbnail)
+    return rendered_params.parse_request(request.query_string, request.headers.get("Accept"),
+                                         thumbnail)
 
 
 def _series_items(db: Session, series: Series) -> list[tuple[str, int]]:
