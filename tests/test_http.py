@@ -415,3 +415,30 @@ def test_a_host_header_werkzeug_refuses_gets_a_plain_error_page(client: FlaskCli
         assert b"That request was not understood" in response.data
     api = client.get("/api/studies", headers={"Host": "a" * 64})
     assert api.status_code == 400 and api.get_json()["error"]
+
+
+def test_a_query_string_that_is_not_utf8_is_400(app: Flask, auth, ge) -> None:  # type: ignore[no-untyped-def]
+    """Raw bytes that are not UTF-8 in a query string (which gunicorn refuses itself, but
+    other WSGI servers pass on) are the client's error wherever the query is read."""
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    url = series_json(app.test_client(), auth, ge)["stacks"][0]["slices"][0]["url"]
+
+    def get(path: str, raw_query: bytes, accept: str = "image/png") -> tuple[str, bytes]:
+        environ = EnvironBuilder(path=path, headers={**auth, "Accept": accept}).get_environ()
+        environ["QUERY_STRING"] = raw_query.decode("latin-1")  # as a WSGI server passes it
+        body, status, _ = run_wsgi_app(app, environ, buffered=True)
+        return status, b"".join(body)
+
+    for path, accept in ((url, "image/png"), ("/dicom-web/studies", "application/dicom+json"),
+                         ("/api/studies", "application/json")):
+        status, body = get(path, b"window=\xff\xfe,1&limit=\xc3", accept)
+        assert status.startswith("400"), (path, status, body)
+        assert b"not UTF-8" in body
+    status, body = get("/", b"q=\xff", "text/html")
+    assert status.startswith("400") and b"<html" in body and b"not UTF-8" in body
+    # UTF-8 sent raw is fine: the same as percent-encoded.
+    status, _ = get("/dicom-web/studies", "PatientName=Müller".encode(), "application/dicom+json")
+    assert status.startswith("204")  # searched, and no such patient
+    status, body = get(url, b"window=600,1200")
+    assert status.startswith("200") and body.startswith(b"\x89PNG")

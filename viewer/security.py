@@ -10,7 +10,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.globals import request_ctx
 from flask.json.provider import DefaultJSONProvider
 from markupsafe import escape
@@ -81,6 +91,19 @@ def error_response(status: int, message: str, *, title: str | None = None,
     return Response(html, status=status, mimetype="text/html")
 
 
+def _query_is_utf8() -> None:
+    """A query string with bytes that are not UTF-8 (sent raw, not percent-encoded) is the
+    client's error: Werkzeug's ``request.args``, and the rendered parameters, would raise
+    a decoding error (a 500) wherever the query is read. gunicorn refuses such a request
+    line itself; other WSGI servers pass it on."""
+    query = request.query_string
+    if not query.isascii():
+        try:
+            query.decode()
+        except UnicodeDecodeError:
+            abort(400, description="the query string is not UTF-8; percent-encode its bytes")
+
+
 def _add_headers(response: Response) -> Response:
     headers = response.headers
     # "not in" rather than setdefault: Werkzeug's setdefault raises and catches an
@@ -146,6 +169,7 @@ def init_app(app: Flask) -> None:
     """Before any blueprint: the ``int`` converter is bound when a route is added."""
     app.url_map.converters["int"] = DatabaseId
     app.json = StrictJSONProvider(app)
+    app.before_request(_query_is_utf8)
     app.after_request(_add_headers)
 
     @app.errorhandler(HTTPException)
