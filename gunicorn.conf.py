@@ -19,7 +19,9 @@ preload_app = False
 
 # Secrets that travel in the path: one-time sign-in links, enrolment/reset links and share
 # links. The access log shows "/enrol/…" instead of the token (security.md: never log tokens).
+import logging  # noqa: E402
 import re  # noqa: E402
+import traceback  # noqa: E402
 
 from gunicorn.glogging import Logger  # noqa: E402
 
@@ -41,6 +43,30 @@ class MaskingLogger(Logger):
     Another format (``--access-logformat``) gets every atom, masked.
     """
 
+    def setup(self, cfg):
+        super().setup(cfg)
+        # gunicorn's access() checks five settings on every request for whether any
+        # access log is configured; they change only when the config is reloaded.
+        self._lean_access = cfg.access_log_format == access_log_format and bool(
+            cfg.accesslog or cfg.logconfig or cfg.logconfig_dict or cfg.logconfig_json
+            or (cfg.syslog and not cfg.disable_redirect_access_to_syslog))
+
+    def access(self, resp, req, environ, request_time):
+        """The default format's line, through the access logger's handlers and filters,
+        without what ``Logger.info`` adds for other formats (finding the caller's source
+        line, ``SafeAtoms``): half the cost of a rendered slice's log line."""
+        if not self._lean_access:
+            return super().access(resp, req, environ, request_time)
+        log = self.access_log
+        if not log.isEnabledFor(logging.INFO):
+            return None
+        try:
+            message = access_log_format % self.atoms(resp, req, environ, request_time)
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None))
+        except Exception:
+            self.error(traceback.format_exc())
+        return None
+
     def atoms(self, resp, req, environ, request_time):
         if self.cfg.access_log_format == access_log_format:
             return {
@@ -59,7 +85,6 @@ logger_class = MaskingLogger
 
 
 import gc  # noqa: E402
-import logging  # noqa: E402
 
 
 def application_log(worker):
@@ -164,6 +189,10 @@ class ClientSocket(socket.socket):
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if self.gettimeout() is None:  # gunicorn's own bounded reads set a timeout
+            try:  # usually the bytes are there already: no need to wait for them
+                return super().recv(size, flags | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
             wait = CLIENT_IDLE_S
             if self.head_deadline is not None:
                 wait = min(wait, self.head_deadline - time.monotonic())

@@ -349,3 +349,39 @@ def test_access_log_masks_link_secrets(tmp_path: Path) -> None:
     assert '"GET /enrol/…" 303' in written and "/login/…" in written and "/s/…/study" in written
     assert not any(secret in written for secret in secrets_seen)
     logging.getLogger("gunicorn.access").handlers.clear()
+
+
+def test_access_log_lines_are_what_gunicorn_writes(tmp_path: Path) -> None:
+    """The default format's lean path writes the line gunicorn's own ``access`` writes;
+    another format goes through gunicorn's ``access``; no access log, no line."""
+    from gunicorn.config import Config as GunicornConfig
+    from gunicorn.glogging import Logger as GunicornLogger
+
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    response = SimpleNamespace(status="200 OK", sent=90123, headers=[])
+    environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/studies/1.2.3?a=1",
+               "PATH_INFO": "/studies/1.2.3", "QUERY_STRING": "a=1",
+               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.7"}
+    request = SimpleNamespace(headers=[])
+
+    def written(logger_class: type, log_format: str, accesslog: str | None = "x") -> str:
+        path = tmp_path / f"{logger_class.__name__}-{len(log_format)}-{accesslog}.log"
+        cfg = GunicornConfig()
+        if accesslog is not None:
+            cfg.set("accesslog", str(path))
+        cfg.set("access_log_format", log_format)
+        logger = logger_class(cfg)
+        try:
+            logger.access(response, request, environ, timedelta(milliseconds=3))
+            for handler in logger.access_log.handlers:
+                handler.flush()
+        finally:
+            logging.getLogger("gunicorn.access").handlers.clear()
+        return path.read_text() if path.exists() else ""
+
+    ours = settings["logger_class"]
+    for log_format in (settings["access_log_format"], '%(h)s "%(r)s" %(s)s %(B)s'):
+        line = written(ours, log_format)
+        assert line == written(GunicornLogger, log_format)
+        assert line.count("\n") == 1 and "10.0.0.7" in line and " 200 " in line
+    assert written(ours, settings["access_log_format"], accesslog=None) == ""
