@@ -48,6 +48,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     )
 
 
+_IEND = _chunk(b"IEND", b"")
+
+
 def _deflate(data: memoryview, level: int, final: bool) -> bytes:
     """Raw deflate of ``data``: the stream's end if ``final``, else a part that ends with a
     sync flush (on a byte boundary, without the final-block bit) so the next part follows."""
@@ -68,8 +71,8 @@ def _edges(height: int, bands: int) -> list[int]:
     return edges
 
 
-def _idat(image: BandImage, width: int, level: int) -> bytes:
-    """The zlib stream of the UP-filtered rows (``width`` bytes each)."""
+def _idat(image: BandImage, width: int, level: int) -> list[bytes]:
+    """The zlib stream of the UP-filtered rows (``width`` bytes each), in parts."""
     height = image.shape[0]
     filtered = np.empty((height, width + 1), dtype=np.uint8)
     filtered[:, 0] = _FILTER_UP
@@ -89,7 +92,7 @@ def _idat(image: BandImage, width: int, level: int) -> bytes:
 
     parts = map_bands(deflate, bands)
     adler = struct.pack(">I", isal_zlib.adler32(filtered.data))
-    return b"".join((_ZLIB_HEADER, *parts, adler))
+    return [_ZLIB_HEADER, *parts, adler]
 
 
 def encode_png(image: np.ndarray | BandImage, level: int = 1) -> bytes:
@@ -105,11 +108,11 @@ def encode_png(image: np.ndarray | BandImage, level: int = 1) -> bytes:
         raise ValueError("encode_png needs H x W or H x W x 3 pixels")
     height, width = shape[:2]
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return b"".join(
-        (
-            _SIGNATURE,
-            _chunk(b"IHDR", header),
-            _chunk(b"IDAT", _idat(BandImage.of(image), width * channels, level)),
-            _chunk(b"IEND", b""),
-        )
-    )
+    # The image data chunk is joined with the rest once: its CRC is taken part by part.
+    idat = _idat(BandImage.of(image), width * channels, level)
+    crc = isal_zlib.crc32(b"IDAT")
+    for part in idat:
+        crc = isal_zlib.crc32(part, crc)
+    return b"".join((_SIGNATURE, _chunk(b"IHDR", header),
+                     struct.pack(">I", sum(map(len, idat))), b"IDAT", *idat,
+                     struct.pack(">I", crc), _IEND))
