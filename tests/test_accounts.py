@@ -301,3 +301,39 @@ def test_staff_see_the_audit_trail_under_its_own_name(
     assert "<h1 id=\"activity-heading\">Audit trail</h1>" in page
     assert ">Audit trail</a>" in page and "Who viewed my images" not in page
     assert re.search(r"<td>alice.*?</td>\s*<td>signed in</td>", page, re.S), page
+
+
+def test_the_activity_list_pages_older_events(
+    app: Flask, services: Services, two_patients: dict,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events ACTIVITY_PAGE at a time, newest first, with a link to older ones; a patient's
+    pages hold only their own events; a bad ``before`` is a 400 page."""
+    from viewer import audit, pages
+
+    monkeypatch.setattr(pages, "ACTIVITY_PAGE", 3)
+    alice_totp, alice = two_patients["alice"]
+    alice_client = app.test_client()
+    assert sign_in(alice_client, "alice", alice_totp.now()).status_code == 201
+    for n in range(7):
+        audit.record(services.sessions, "study-viewed", actor=f"reader-{n}",
+                     study_uid=alice["study"])
+        audit.record(services.sessions, "study-viewed", actor=f"elsewhere-{n}",
+                     study_uid="2.25.999")
+    seen: list[str] = []
+    url: str | None = "/activity"
+    while url is not None:
+        page = alice_client.get(url).get_data(as_text=True)
+        rows = re.findall(r"<tr[^>]*>\s*<td><time[^>]*>[^<]*</time></td>\s*<td>([\w-]+)", page)
+        assert 0 < len(rows) <= 3, page
+        seen += rows
+        assert ("Newest events" in page) == (url != "/activity")
+        older = re.search(r'href="(/activity\?before=\d+)">Older events', page)
+        url = older.group(1) if older else None
+    assert [r for r in seen if r.startswith("reader-")] == [f"reader-{n}" for n in range(6, -1, -1)]
+    assert not any(r.startswith("elsewhere-") for r in seen)
+    empty = alice_client.get("/activity?before=1").get_data(as_text=True)
+    assert "Nothing older is recorded." in empty and "Newest events" in empty
+    for bad in ("abc", "-1", "1e3", "²", "9" * 40):
+        refused = alice_client.get(f"/activity?before={bad}")
+        assert refused.status_code == 400 and "before must be" in refused.get_data(as_text=True)

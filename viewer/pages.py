@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, url_for
+from flask import Blueprint, abort, current_app, render_template, request, url_for
 from sqlalchemy import select
 
 from viewer import reports
@@ -68,18 +68,38 @@ def activity_title() -> str:
         else "Who viewed my images"
 
 
+# Events on one page of the activity list; older ones are a link away.
+ACTIVITY_PAGE = 200
+
+
+def _before_id() -> int | None:
+    """The ``before`` parameter: show events older than this one (keyset paging)."""
+    raw = request.args.get("before")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        abort(400, description="before must be an event number from an 'Older events' link")
+    return int(raw)
+
+
 @bp.get("/activity")
 def activity() -> str:
     """"Who viewed my images": every recorded access to the caller's studies, newest first
-    (staff: the audit trail, every event)."""
+    (staff: the audit trail, every event), ACTIVITY_PAGE events a page."""
     db = _db()
     principal = require_principal()
+    before = _before_id()
     studies = {s.study_uid: s for s in db.scalars(visible_studies(principal))}
-    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(500)
+    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(ACTIVITY_PAGE + 1)
+    if before is not None:
+        stmt = stmt.where(AuditEvent.id < before)
     if principal.role == "patient":
         stmt = stmt.where(
             AuditEvent.study_uid.in_(list(studies)) | (AuditEvent.user_pk == principal.user_pk)
         )
+    rows = list(db.scalars(stmt))
+    older = len(rows) > ACTIVITY_PAGE
+    rows = rows[:ACTIVITY_PAGE]
     events = [
         {
             "at": event.at.strftime("%Y-%m-%d %H:%M") + " UTC",
@@ -91,6 +111,8 @@ def activity() -> str:
             "outcome": "" if event.outcome == "success" else event.outcome,
             "address": event.address,
         }
-        for event in db.scalars(stmt)
+        for event in rows
     ]
-    return render_template("activity.html", events=events)
+    return render_template(
+        "activity.html", events=events, paged=before is not None,
+        older_url=url_for("pages.activity", before=rows[-1].id) if older else None)
