@@ -141,4 +141,7 @@ def create_app(config: Config | None = None) -> Flask:
         from viewer import pacssync
 
         pacssync.init_app(app, services.pacs)
+    from viewer import rendered_lane
+
+    rendered_lane.install(app)  # last: it checks every hook the app has by now
     return app

@@ -93,28 +93,46 @@ def redeem_login_link(db: Session, secret: str) -> Principal | None:
     return Principal("session", link.name, link.role)
 
 
-def _bearer(services: Any) -> Principal | None:
-    """The token's principal; answers are kept for ``TOKEN_CACHE_SECONDS`` per worker."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    digest = token_hash(token.strip())
+def token_principal(services: Any, token: str) -> Principal | None:
+    """The principal of a bearer token, None if it is unknown or revoked; answers are kept
+    for ``TOKEN_CACHE_SECONDS`` per worker."""
+    digest = token_hash(token)
     cache: dict[str, tuple[float, Principal | None]] = services.token_cache
     now = time.monotonic()
     cached = cache.get(digest)
     if cached is not None and cached[0] > now:
-        principal = cached[1]
-    else:
-        row = services.db().scalars(select(ApiToken).filter_by(token_hash=digest)).first()
+        return cached[1]
+    with services.sessions() as db:
+        row = db.scalars(select(ApiToken).filter_by(token_hash=digest)).first()
         valid = row is not None and row.revoked_at is None
         principal = Principal("token", row.name, row.role) if valid else None
-        if len(cache) > 10_000:
-            cache.clear()
-        cache[digest] = (now + TOKEN_CACHE_SECONDS, principal)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[digest] = (now + TOKEN_CACHE_SECONDS, principal)
+    return principal
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header, else None."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _bearer(services: Any) -> Principal | None:
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is None:
+        return None
+    principal = token_principal(services, token)
     if principal is None:
         abort(401, description="the bearer token is not valid")
     return principal
+
+
+def session_principal(current: websessions.Current) -> Principal:
+    return Principal("session", current.name, current.role, current.user_pk, current.share_pk,
+                     current.portal_pk, current.study_uids)
 
 
 def current_principal() -> Principal | None:
@@ -125,10 +143,7 @@ def current_principal() -> Principal | None:
         if principal is None:
             current = websessions.load()
             if current is not None:
-                principal = Principal(
-                    "session", current.name, current.role, current.user_pk, current.share_pk,
-                    current.portal_pk, current.study_uids,
-                )
+                principal = session_principal(current)
         g.principal = principal
     return g.principal
 
@@ -246,11 +261,10 @@ def _lookup_instance(engine: Engine, role: str, params: dict[str, Any]) -> tuple
         connection.close()  # back to the pool, rolled back
 
 
-def find_instance_ref(
-    principal: Principal, study_uid: str, series_uid: str, sop_uid: str
-) -> InstanceRef:
-    """An instance the caller may see, in one query (the hot path of rendered frames)."""
-    engine = current_app.extensions["viewer"].engine
+def lookup_instance_ref(engine: Engine, principal: Principal, study_uid: str, series_uid: str,
+                        sop_uid: str) -> InstanceRef | None:
+    """An instance the caller may see, in one query (the hot path of rendered frames);
+    None if there is none."""
     params = {"study": study_uid, "series": series_uid, "sop": sop_uid}
     if principal.role in ROLES:
         row = _lookup_instance(engine, principal.role, params)
@@ -260,9 +274,18 @@ def find_instance_ref(
         statement = _INSTANCE_BY_UIDS.where(study_filter(principal))
         with engine.connect() as connection:
             row = connection.execute(statement, params).first()
-    if row is None:
+    return None if row is None else InstanceRef(*row)
+
+
+def find_instance_ref(
+    principal: Principal, study_uid: str, series_uid: str, sop_uid: str
+) -> InstanceRef:
+    """An instance the caller may see, else 404 (audited)."""
+    engine = current_app.extensions["viewer"].engine
+    ref = lookup_instance_ref(engine, principal, study_uid, series_uid, sop_uid)
+    if ref is None:
         refuse(principal, study_uid, "instance here")
-    return InstanceRef(*row)
+    return ref
 
 
 def refuse(principal: Principal, study_uid: str, what: str) -> NoReturn:

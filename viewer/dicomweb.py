@@ -30,6 +30,7 @@ from viewer.access import (
 )
 from viewer.db import Instance, Series, Study
 from viewer.dicomjson import services as _services
+from viewer.frames import FrameLoader
 from viewer.parallel import BandImage
 from viewer.render import RenderError, burn_in, display_image, encode
 from viewer.series import representative, series_stacks, study_series
@@ -72,15 +73,29 @@ bp.add_url_rule(STUDY, "store_study", stow.store, methods=["POST"])
 # --- Rendered and thumbnail resources -------------------------------------------------------
 
 
-def _image(file_hash: str, number: int, params: rendered_params.RenderParams,
-           labels: dict[str, list[str]]) -> bytes:
-    frame = _services().frames.load(file_hash, number)
+def render_image(frames: FrameLoader, file_hash: str, number: int,
+                 params: rendered_params.RenderParams, labels: dict[str, list[str]]) -> bytes:
+    """One frame, rendered and encoded as ``params`` ask (``labels``: burnt-in text)."""
+    frame = frames.load(file_hash, number)
     image = display_image(frame, params.window, params.viewport)
     if params.annotations:
         top = labels["patient"] if "patient" in params.annotations else []
         bottom = labels["technique"] if "technique" in params.annotations else []
         image = burn_in(BandImage.of(image).whole(), top, bottom)
     return encode(image, params.media_type, params.quality)
+
+
+def _image(file_hash: str, number: int, params: rendered_params.RenderParams,
+           labels: dict[str, list[str]]) -> bytes:
+    return render_image(_services().frames, file_hash, number, params, labels)
+
+
+def etag_for(file_hash: str, number: int, params: rendered_params.RenderParams,
+             labels: dict[str, list[str]]) -> str:
+    """A rendered image's ETag: the stored file, the frame and everything that changes
+    the output."""
+    tag = hashlib.sha256(f"{file_hash}|{number}|{params.cache_key()}|{labels}".encode())
+    return tag.hexdigest()[:32]
 
 
 def _labels(instance: Instance | None, series: Series, study: Study,
@@ -99,8 +114,7 @@ def _labels(instance: Instance | None, series: Series, study: Study,
 
 def _single(file_hash: str, number: int, params: rendered_params.RenderParams,
             labels: dict[str, list[str]]) -> Response:
-    tag = hashlib.sha256(f"{file_hash}|{number}|{params.cache_key()}|{labels}".encode())
-    etag = tag.hexdigest()[:32]
+    etag = etag_for(file_hash, number, params, labels)
     if request.if_none_match.contains(etag):
         response = Response(status=304)
     else:

@@ -19,6 +19,8 @@ from viewer.headers import number_of_frames
 from viewer.render import DecodedFrame, RenderError, decode_frame
 from viewer.storage import ObjectStore
 
+MAX_FAILURES = 1024  # remembered undecodable frames; forgotten all at once past this
+
 
 class FrameLoader:
     """Decodes frames on demand and caches them by (file hash, frame number)."""
@@ -29,6 +31,10 @@ class FrameLoader:
             cache_bytes - cache_bytes // 4, lambda frame: frame.nbytes
         )
         self.files: ByteLRU[tuple[Dataset, int]] = ByteLRU(cache_bytes // 4, lambda item: item[1])
+        # Frames that did not decode, and why: stored bytes never change (they are named by
+        # their hash), so a viewer retrying or prefetching a broken frame costs no decoding
+        # (nor another warning in the log).
+        self.failures: dict[tuple[str, int], str] = {}
 
     def _read(self, file_hash: str) -> Dataset:
         cached = self.files.get(file_hash)
@@ -54,8 +60,19 @@ class FrameLoader:
 
     def load(self, file_hash: str, number: int) -> DecodedFrame:
         """Frame ``number`` (1-based) of the stored file ``file_hash``."""
-        frame = self.cache.get((file_hash, number))
+        key = (file_hash, number)
+        frame = self.cache.get(key)
         if frame is None:
-            frame = decode_frame(self._read(file_hash), number - 1)
-            self.cache.put((file_hash, number), frame)
+            failure = self.failures.get(key)
+            if failure is not None:
+                raise RenderError(failure)
+            ds = self._read(file_hash)
+            try:
+                frame = decode_frame(ds, number - 1)
+            except RenderError as exc:
+                if len(self.failures) >= MAX_FAILURES:
+                    self.failures.clear()
+                self.failures[key] = str(exc)
+                raise
+            self.cache.put(key, frame)
         return frame

@@ -37,6 +37,10 @@ CSP = (
     "form-action 'self'"
 )
 
+# On every answer, whatever the route set.
+ALWAYS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
+HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")  # HTTPS only
+
 TITLES = {
     400: "That request was not understood",
     401: "Please sign in",
@@ -112,12 +116,12 @@ def _add_headers(response: Response) -> Response:
         headers["Content-Security-Policy"] = CSP
     if not g.get("framing_allowed") and "X-Frame-Options" not in headers:
         headers["X-Frame-Options"] = "DENY"  # framing_allowed: viewer.embed's portals
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["Referrer-Policy"] = "no-referrer"
+    for name, value in ALWAYS:
+        headers[name] = value
     if "Cache-Control" not in headers:
         headers["Cache-Control"] = "private, no-cache"
     if request.is_secure:
-        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        headers[HSTS[0]] = HSTS[1]
     if response.status_code in (204, 304):
         del headers["Content-Type"]  # no body to type (Flask gives every answer one)
     return response

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from flask.sessions import NullSession, SessionInterface
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from viewer.config import Config
 from viewer.db import WebSession, utcnow
 
 # last_seen_at is written at most this often, so image requests do not each write.
@@ -141,12 +143,17 @@ def _current(row: WebSession, from_header: bool = False) -> Current:
 
 def _request_token() -> tuple[str | None, bool]:
     """The session id of this request and whether it came in SESSION_HEADER."""
-    header = request.headers.get(SESSION_HEADER)
+    return session_token(request.headers.get(SESSION_HEADER), request.cookies,
+                         (cookie_name(current_app), embed_cookie_name(current_app)))
+
+
+def session_token(header: str | None, cookies: Mapping[str, str],
+                  names: tuple[str, str]) -> tuple[str | None, bool]:
+    """The session id a request names: its SESSION_HEADER, else the session or embed
+    cookie (``names``); and whether it came in the header."""
     if header:
         return header.strip(), True
-    cookies = request.cookies
-    return (cookies.get(cookie_name(current_app))
-            or cookies.get(embed_cookie_name(current_app))), False
+    return cookies.get(names[0]) or cookies.get(names[1]), False
 
 
 def clear_cookie(response: Response) -> None:
@@ -169,23 +176,29 @@ def load() -> Current | None:
     token, from_header = _request_token()
     if token:
         services = current_app.extensions["viewer"]
-        config, db = services.config, services.db()
-        row = db.scalars(select(WebSession).filter_by(token_hash=_hash(token))).first()
-        now = utcnow()
-        idle = timedelta(minutes=config.session_idle_minutes)
-        if (
-            row is not None
-            and row.ended_at is None
-            and now < row.expires_at
-            and now - row.last_seen_at < idle
-        ):
-            if now - row.last_seen_at > TOUCH_INTERVAL:
-                db.execute(update(WebSession).where(WebSession.id == row.id).values(
-                    last_seen_at=now))
-                db.commit()
-            current = _current(row, from_header)
+        current = lookup(services.db(), services.config, token, from_header)
     g.web_session = current
     return current
+
+
+def lookup(db: Session, config: Config, token: str, from_header: bool = False
+           ) -> Current | None:
+    """The valid session ``token`` names, or None; its last-seen time is written at most
+    every ``TOUCH_INTERVAL``."""
+    row = db.scalars(select(WebSession).filter_by(token_hash=_hash(token))).first()
+    now = utcnow()
+    idle = timedelta(minutes=config.session_idle_minutes)
+    if (
+        row is None
+        or row.ended_at is not None
+        or now >= row.expires_at
+        or now - row.last_seen_at >= idle
+    ):
+        return None
+    if now - row.last_seen_at > TOUCH_INTERVAL:
+        db.execute(update(WebSession).where(WebSession.id == row.id).values(last_seen_at=now))
+        db.commit()
+    return _current(row, from_header)
 
 
 def end(db: Session, current: Current) -> None:
