@@ -49,8 +49,9 @@ keep-alive, a thread lingering on its connection for the next request), started 
 * In-process, no HTTP: the same rendered-slice requests (``brain512``, every
   slice, changing windows) through the WSGI app in this process, back to back
   and then each after 1 ms of idle CPU, as one client's requests arrive. Median
-  wall and CPU time per request: what the app itself (Flask, the authorization
-  query, rendering) costs, and what idling between requests adds on this machine.
+  wall and CPU time per request: what the app itself (``viewer.rendered_lane`` in
+  front of Flask, the authorization query, rendering) costs, and what idling
+  between requests adds on this machine.
 
 Orthanc (when ``/usr/sbin/Orthanc`` exists): temp config and storage, HTTP on a
 free loopback port, DICOM server off, DICOMweb plugin loaded; the same files

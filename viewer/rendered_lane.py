@@ -11,14 +11,15 @@ routes use: ``access.bearer_token`` / ``token_principal``, ``websessions.session
 ``security``'s headers. So the answer is byte for byte the one Flask would give (tests
 compare the two).
 
-It takes only a plain 200: a ``GET`` of ``.../instances/{uid}/rendered``,
+It takes only a plain 200 or 304: a ``GET`` of ``.../instances/{uid}/rendered``,
 ``.../frames/{n}/rendered`` or their ``thumbnail`` for one frame, by a caller with a valid
 bearer token or a staff or patient session (share and embed sessions have guards of their
-own: Flask runs them), with no ``If-None-Match``, an ASCII query and no burnt-in
-annotations. Anything else, and any request the lane finds wrong in any way (no caller, an
-unknown token or instance, a bad parameter, a frame that cannot be decoded), goes to Flask
-untouched, which answers it (and audits, logs, refuses) as it always has; the lane has no
-error answers of its own.
+own: Flask runs them), with an ASCII query and no burnt-in annotations; an
+``If-None-Match`` that holds the image's ETag is answered 304, as Flask would. Anything
+else, and any request the lane finds wrong in any way (no caller, an unknown token or
+instance, a bad parameter, a frame that cannot be decoded), goes to Flask untouched, which
+answers it (and audits, logs, refuses) as it always has; the lane has no error answers of
+its own.
 
 The lane knows which of the app's hooks it may skip and why (``SKIPPED_HOOKS``). An app
 with any other hook (a later feature's, or ``viewer.pacssync``'s with a PACS source) is
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
-from werkzeug.http import parse_cookie
+from werkzeug.http import parse_cookie, parse_etags
 
 from viewer import rendered_params, security, websessions
 from viewer.access import (
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+Answer = tuple[str, list[tuple[str, str]], bytes]  # status, headers, body
 
 # The rendered and thumbnail routes of viewer.dicomweb for one instance or one frame, with
 # DICOM UIDs (digits and dots; other UIDs go through Flask's routing).
@@ -108,17 +110,17 @@ class RenderedLane:
         answer = self._answer(environ)
         if answer is None:
             return self.app(environ, start_response)
-        headers, body = answer
-        start_response("200 OK", headers)
+        status, headers, body = answer
+        start_response(status, headers)
         return [body]
 
-    def _answer(self, environ: dict[str, Any]) -> tuple[list[tuple[str, str]], bytes] | None:
-        """The 200's headers and body, or None: Flask's to answer."""
+    def _answer(self, environ: dict[str, Any]) -> Answer | None:
+        """The 200 (or 304): status, headers and body; or None: Flask's to answer."""
         match = PATH.match(environ.get("PATH_INFO", ""))
         if match is None or environ.get("REQUEST_METHOD") != "GET":
             return None
         query = environ.get("QUERY_STRING", "")
-        if not query.isascii() or "HTTP_IF_NONE_MATCH" in environ:
+        if not query.isascii():
             return None
         study_uid, series_uid, sop_uid, frame, resource = match.groups()
         try:
@@ -151,7 +153,7 @@ class RenderedLane:
 
     def _render(self, environ: dict[str, Any], principal: Principal, query: str,
                 study_uid: str, series_uid: str, sop_uid: str, frame: str | None,
-                thumbnail: bool) -> tuple[list[tuple[str, str]], bytes] | None:
+                thumbnail: bool) -> Answer | None:
         services = self.services
         params = rendered_params.parse_request(query.encode(), environ.get("HTTP_ACCEPT"),
                                                thumbnail)
@@ -169,17 +171,17 @@ class RenderedLane:
             number = 1  # a multi-frame instance's rendered resource is multipart
         if number > frames or (frame is None and not thumbnail and frames > 1):
             return None
-        body = render_image(services.frames, ref.file_hash, number, params, {})
-        headers = [
-            ("Content-Type", params.media_type),
-            ("Content-Length", str(len(body))),
-            ("ETag", f'"{etag_for(ref.file_hash, number, params, {})}"'),
-            ("Cache-Control", "private, max-age=86400"),
-        ]
+        etag = etag_for(ref.file_hash, number, params, {})
+        headers = [("ETag", f'"{etag}"'), ("Cache-Control", "private, max-age=86400")]
         headers.extend(("Warning", f'299 viewer "{w}"') for w in params.warnings)
         headers.append(("Content-Security-Policy", security.CSP))
         headers.append(("X-Frame-Options", "DENY"))
         headers.extend(security.ALWAYS)
         if environ.get("wsgi.url_scheme") == "https":
             headers.append(security.HSTS)
-        return headers, body
+        if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+        if if_none_match and parse_etags(if_none_match).contains(etag):
+            return "304 NOT MODIFIED", headers, b""
+        body = render_image(services.frames, ref.file_hash, number, params, {})
+        typed = [("Content-Type", params.media_type), ("Content-Length", str(len(body)))]
+        return "200 OK", typed + headers, body
