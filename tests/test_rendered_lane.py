@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,13 @@ import numpy as np
 import pydicom
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 from werkzeug.test import EnvironBuilder
 
 from viewer import Services, create_app, rendered_lane
 from viewer.access import create_token
 from viewer.config import load_config
-from viewer.db import ApiToken, utcnow
+from viewer.db import ApiToken, WebSession, utcnow
 from viewer.rendered_lane import RenderedLane
 
 from .conftest import make_env
@@ -249,6 +250,36 @@ def test_a_patients_session_sees_their_own_images_only(
     assert client.delete("/api/session", headers={"X-CSRF-Token": csrf}).status_code == 204
     lane.handed.clear()  # type: ignore[attr-defined]
     assert handed_on(lane, own, headers)[0] == "401 UNAUTHORIZED"
+
+
+def test_a_session_is_touched_and_times_out_on_the_lane(
+        app: Flask, lane: RenderedLane, services: Services, tmp_path: Path) -> None:
+    """Image requests keep a session alive (last seen written at most every 30 s) and an
+    idle one is over: the same rules as every other request's."""
+    totp = make_patient(services, "carol", "P-TEST")
+    url = stored(services, tmp_path, textured()) + "/rendered"
+    client = app.test_client()
+    assert sign_in(client, "carol", totp.now()).status_code == 201
+
+    def seen(minutes_ago: float | None = None) -> datetime:
+        with services.sessions() as db:
+            if minutes_ago is not None:
+                db.execute(update(WebSession).values(
+                    last_seen_at=utcnow() - timedelta(minutes=minutes_ago)))
+                db.commit()
+            return db.scalars(select(WebSession.last_seen_at)).one()
+
+    lane.handed.clear()  # type: ignore[attr-defined]
+    before = seen(10)
+    assert client.get(url).status_code == 200
+    assert seen() - before > timedelta(minutes=9)  # touched
+    recent = seen(0.2)
+    assert client.get(url).status_code == 200
+    assert seen() == recent  # not written again within TOUCH_INTERVAL
+    assert lane.handed == []  # type: ignore[attr-defined]
+    seen(16)  # VIEWER_SESSION_IDLE_MINUTES is 15 by default
+    assert client.get(url).status_code == 401
+    assert lane.handed == [url]  # type: ignore[attr-defined]
 
 
 def test_share_sessions_go_through_flask(app: Flask, lane: RenderedLane, services: Services,

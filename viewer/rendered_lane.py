@@ -141,9 +141,8 @@ class RenderedLane:
             self.cookie_names)
         current = None
         if session_id:
-            services = self.services
-            with services.sessions() as db:
-                current = websessions.lookup(db, services.config, session_id, from_header)
+            current = websessions.lookup(self.services.engine, self.services.config, session_id,
+                                         from_header)
             if current is not None and current.role in _GUARDED_ROLES:
                 return None
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))

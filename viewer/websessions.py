@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from flask import Flask, Response, current_app, g, request
 from flask.sessions import NullSession, SessionInterface
-from sqlalchemy import select, update
+from sqlalchemy import Engine, Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from viewer.config import Config
@@ -135,7 +135,7 @@ def set_embed_cookie(response: Response, token: str) -> None:
     )
 
 
-def _current(row: WebSession, from_header: bool = False) -> Current:
+def _current(row: WebSession | Row, from_header: bool = False) -> Current:
     uids = tuple(row.study_uids) if row.study_uids is not None else None
     return Current(row.id, row.user_pk, row.name, row.role, row.csrf_token, row.share_pk,
                    row.portal_pk, uids, from_header)
@@ -176,16 +176,22 @@ def load() -> Current | None:
     token, from_header = _request_token()
     if token:
         services = current_app.extensions["viewer"]
-        current = lookup(services.db(), services.config, token, from_header)
+        current = lookup(services.engine, services.config, token, from_header)
     g.web_session = current
     return current
 
 
-def lookup(db: Session, config: Config, token: str, from_header: bool = False
+_SESSIONS = WebSession.__table__
+_BY_HASH = select(_SESSIONS).where(_SESSIONS.c.token_hash == bindparam("token_hash"))
+
+
+def lookup(engine: Engine, config: Config, token: str, from_header: bool = False
            ) -> Current | None:
     """The valid session ``token`` names, or None; its last-seen time is written at most
-    every ``TOUCH_INTERVAL``."""
-    row = db.scalars(select(WebSession).filter_by(token_hash=_hash(token))).first()
+    every ``TOUCH_INTERVAL``. SQL on a pooled connection, not an ORM session: every image
+    request of a browser asks (~0.06 instead of ~0.27 ms)."""
+    with engine.connect() as connection:
+        row = connection.execute(_BY_HASH, {"token_hash": _hash(token)}).first()
     now = utcnow()
     idle = timedelta(minutes=config.session_idle_minutes)
     if (
@@ -196,8 +202,9 @@ def lookup(db: Session, config: Config, token: str, from_header: bool = False
     ):
         return None
     if now - row.last_seen_at > TOUCH_INTERVAL:
-        db.execute(update(WebSession).where(WebSession.id == row.id).values(last_seen_at=now))
-        db.commit()
+        with engine.begin() as connection:
+            connection.execute(update(_SESSIONS).where(_SESSIONS.c.id == row.id).values(
+                last_seen_at=now))
     return _current(row, from_header)
 
 
