@@ -23,7 +23,9 @@ its own.
 
 The lane knows which of the app's hooks it may skip and why (``SKIPPED_HOOKS``). An app
 with any other hook (a later feature's, or ``viewer.pacssync``'s with a PACS source) is
-not given the lane: a new hook cannot be bypassed without someone deciding so here.
+not given the lane: a new hook cannot be bypassed without someone deciding so here. Flask's
+request signals (``request_started``, ``request_finished``...) are not sent for the lane's
+answers either; nothing in this service listens to them.
 """
 
 from __future__ import annotations
