@@ -168,18 +168,16 @@ class RenderedLane:
             number = int(frame)
         elif thumbnail:
             number = (frames + 1) // 2
+        elif frames > 1:
+            return None  # a multi-frame instance's rendered resource is multipart
         else:
-            number = 1  # a multi-frame instance's rendered resource is multipart
-        if number > frames or (frame is None and not thumbnail and frames > 1):
+            number = 1
+        if number > frames:
             return None
         etag = etag_for(ref.file_hash, number, params, {})
         headers = [("ETag", f'"{etag}"'), ("Cache-Control", "private, max-age=86400")]
         headers.extend(("Warning", f'299 viewer "{w}"') for w in params.warnings)
-        headers.append(("Content-Security-Policy", security.CSP))
-        headers.append(("X-Frame-Options", "DENY"))
-        headers.extend(security.ALWAYS)
-        if environ.get("wsgi.url_scheme") == "https":
-            headers.append(security.HSTS)
+        headers.extend(security.unframed_headers(environ.get("wsgi.url_scheme") == "https"))
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
         if if_none_match and parse_etags(if_none_match).contains(etag):
             return "304 NOT MODIFIED", headers, b""

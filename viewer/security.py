@@ -108,6 +108,19 @@ def _query_is_utf8() -> None:
             abort(400, description="the query string is not UTF-8; percent-encode its bytes")
 
 
+def unframed_headers(secure: bool) -> tuple[tuple[str, str], ...]:
+    """What ``_add_headers`` adds to an answer that may not be framed and set none of these
+    itself (``viewer.rendered_lane``'s answers)."""
+    return _UNFRAMED[secure]
+
+
+_UNFRAMED = {
+    secure: (("Content-Security-Policy", CSP), ("X-Frame-Options", "DENY"), *ALWAYS,
+             *((HSTS,) if secure else ()))
+    for secure in (False, True)
+}
+
+
 def _add_headers(response: Response) -> Response:
     headers = response.headers
     # "not in" rather than setdefault: Werkzeug's setdefault raises and catches an
